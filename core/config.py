@@ -1,0 +1,326 @@
+"""Typed, frozen experiment configuration loaded from YAML.
+
+A config is built from layers merged in order: ``configs/train/base.yaml`` (the
+paper's values), a budget overlay (``smoke``, ``cpu``, ``paper``), optional
+overlay files (e.g. the HPO winner) and dotted overrides from a grid cell.
+Unknown keys are rejected with their full path and the closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.errors import ConfigError
+
+MODALITIES = ("flair", "t1", "t1c", "t2")
+REGIONS = ("wt", "tc", "et")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    critic_input: str = "concat"
+    """'concat' (SegAN-CAT: image ⊕ mask) or 'multiply' (SegAN: image × mask)."""
+    width: float = 1.0
+    """Filter-count multiplier; 1.0 is the paper's 64…512 (≈4.3 M segmentor params)."""
+    bn_momentum: float = 0.9
+    """PyTorch convention (weight of the new batch). Reference Keras code: 0.1 → 0.9 here."""
+    bn_eps: float = 1e-5
+    leaky_slope: float = 0.3
+    conv_bias: bool = False
+    """Bias on convs followed by BN (reference: none)."""
+
+    def __post_init__(self) -> None:
+        _check(self.critic_input in ("concat", "multiply"), "model.critic_input",
+               f"must be 'concat' or 'multiply', got {self.critic_input!r}")
+        _check(self.width > 0, "model.width", f"must be > 0, got {self.width}")
+        _check(0 < self.bn_momentum <= 1, "model.bn_momentum", "must be in (0, 1]")
+        _check(self.bn_eps > 0, "model.bn_eps", "must be > 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    l1_mode: str = "per_layer"
+    """'per_layer' (paper: mean of per-layer means) or 'global' (reference code: one mean)."""
+    dice_weight: float = 1.0
+    """Weight of the dice term in the segmentor loss; 0 gives the SegAN baseline."""
+    dice_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        _check(self.l1_mode in ("per_layer", "global"), "loss.l1_mode",
+               f"must be 'per_layer' or 'global', got {self.l1_mode!r}")
+        _check(self.dice_weight >= 0, "loss.dice_weight", f"must be >= 0, got {self.dice_weight}")
+        _check(self.dice_eps > 0, "loss.dice_eps", "must be > 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr_s: float = 2e-5
+    lr_d: float = 2e-5
+    rho: float = 0.9
+    """RMSprop smoothing constant (PyTorch ``alpha``)."""
+    eps: float = 1e-7
+    critic_clip: float = 0.05
+    """Critic conv kernels are clipped to ±this after every critic update."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr_s > 0, "optim.lr_s", f"must be > 0, got {self.lr_s}")
+        _check(self.lr_d > 0, "optim.lr_d", f"must be > 0, got {self.lr_d}")
+        _check(0 <= self.rho < 1, "optim.rho", f"must be in [0, 1), got {self.rho}")
+        _check(self.critic_clip > 0, "optim.critic_clip", "must be > 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    store: str = ""
+    """Path or URL of the zarr store; empty means the study's synthetic default."""
+    modalities: tuple[str, ...] = MODALITIES
+    """Input channels in order: 4 for multimodal, 1 for unimodal models."""
+    region: str = "wt"
+    train_crop: int = 160
+    eval_crop: int = 160
+    batch_size: int = 64
+    slices_per_epoch: int = 0
+    """0 = every training slice each epoch; N = a seeded random subset of N slices."""
+    num_workers: int = 0
+    cache: bool = True
+    """Load the split into memory (small stores) instead of reading zarr per slice."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.modalities) > 0, "data.modalities", "needs at least one modality")
+        for m in self.modalities:
+            _check(m in MODALITIES, "data.modalities",
+                   f"unknown modality {m!r}{_suggest(m, MODALITIES)}; valid: {', '.join(MODALITIES)}")
+        _check(len(set(self.modalities)) == len(self.modalities), "data.modalities", "duplicates")
+        _check(self.region in REGIONS, "data.region", f"must be one of {REGIONS}, got {self.region!r}")
+        for key in ("train_crop", "eval_crop"):
+            v = getattr(self, key)
+            _check(v > 0 and v % 16 == 0, f"data.{key}", f"must be a positive multiple of 16, got {v}")
+        _check(self.batch_size > 0, "data.batch_size", f"must be > 0, got {self.batch_size}")
+        _check(self.slices_per_epoch >= 0, "data.slices_per_epoch", "must be >= 0")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_epochs: int = 2000
+    patience: int = 300
+    """Early stopping: epochs without a better validation dice (0 = off)."""
+    max_steps: int = 0
+    """Cap on optimisation steps (0 = none); checked at epoch ends."""
+    max_seconds: float = 0.0
+    """Wall-time cap in seconds (0 = none); checked at epoch ends."""
+    seed: int = 1234567890
+    device: str = "auto"
+    """'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."""
+    amp: bool = False
+    """bfloat16/float16 autocast on CUDA only; ignored on CPU."""
+    channels_last: bool = True
+    threshold: float = 0.5
+    val_every: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.max_epochs > 0, "train.max_epochs", f"must be > 0, got {self.max_epochs}")
+        _check(self.patience >= 0, "train.patience", "must be >= 0")
+        _check(self.max_steps >= 0, "train.max_steps", "must be >= 0")
+        _check(self.max_seconds >= 0, "train.max_seconds", "must be >= 0")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+               "train.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _check(0 < self.threshold < 1, "train.threshold", "must be in (0, 1)")
+        _check(self.val_every > 0, "train.val_every", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    source: str = ""
+    """Source checkpoint (absolute path) to start from; empty = from scratch."""
+    freeze: str = "scratch"
+    """Freezing strategy name from core/freezing.py."""
+    carry_optimizer: bool = False
+    """Carry the source's optimiser state (reference code: segmentor's only)."""
+
+    def __post_init__(self) -> None:
+        from core.freezing import STRATEGIES
+
+        _check(self.freeze in STRATEGIES, "transfer.freeze",
+               f"unknown strategy {self.freeze!r}{_suggest(self.freeze, STRATEGIES)}; "
+               f"valid: {', '.join(STRATEGIES)}")
+        _check(self.freeze == "scratch" or bool(self.source), "transfer.source",
+               f"strategy {self.freeze!r} needs a source checkpoint")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def replace(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
+        """A copy with dotted overrides applied, e.g. ``{"train.seed": 3}``."""
+        return from_dict(merge(self.to_dict(), unflatten(overrides)))
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _suggest(name: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the field type, or raise naming the key."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(str(v) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    try:
+        if tp is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if tp is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)  # YAML reads 2e-5 as a string
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}{_suggest(key, names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{path}.")
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+def from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
+    """Strictly build a config; unknown keys and bad types raise ConfigError."""
+    return _build(ExperimentConfig, data, "")
+
+
+def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge; overlay wins. Neither input is modified."""
+    out = dict(base)
+    for k, v in overlay.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` → ``{"a": {"b": 1}}``; nested mappings pass through."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        if isinstance(value, Mapping):
+            node[parts[-1]] = merge(node.get(parts[-1], {}), unflatten(value))
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in nested.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def budget_path(budget: str) -> Path:
+    path = CONFIG_DIR / "train" / f"{budget}.yaml"
+    if not path.exists():
+        options = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml") if p.stem != "base")
+        raise ConfigError(f"unknown budget {budget!r}{_suggest(budget, options)}; valid: {', '.join(options)}")
+    return path
+
+
+def load_config(
+    budget: str | None = None,
+    overlays: typing.Sequence[Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> ExperimentConfig:
+    """base.yaml ← budget overlay ← overlay files ← dotted overrides, validated strictly."""
+    layers = [CONFIG_DIR / "train" / "base.yaml"]
+    if budget:
+        layers.append(budget_path(budget))
+    layers.extend(Path(p) for p in overlays)
+    data: dict[str, Any] = {}
+    for path in layers:
+        layer = read_yaml(path)
+        try:
+            from_dict(merge(from_dict({}).to_dict(), layer))  # validate each layer on its own
+        except ConfigError as exc:
+            raise ConfigError(f"{path.name}: {exc}") from None
+        data = merge(data, layer)
+    return from_dict(merge(data, unflatten(overrides or {})))

@@ -1,0 +1,333 @@
+"""SegAN / SegAN-CAT training loop: the two-network step, validation, checkpoints.
+
+``fit(cfg, out_dir)`` trains from scratch, from a transfer source, or resumes
+from ``out_dir/last.pt``; it keeps ``out_dir/best.pt`` (best validation mean
+per-volume dice). Progress leaves through ``callback(report)`` once per epoch;
+a callback may raise ``StopTraining`` to end cleanly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from core import validation
+from core.checkpoint import (
+    code_version,
+    load_checkpoint,
+    load_matching,
+    save_checkpoint,
+    weights_digest,
+)
+from core.config import ExperimentConfig
+from core.errors import ConfigError
+from core.freezing import Strategy, apply_strategy, get_strategy, set_train_mode
+from core.losses import dice_loss, multiscale_l1
+from core.model import Critic, Segmentor, build_networks
+
+
+class StopTraining(Exception):
+    """Raised by a callback to stop after the current epoch (checkpoints are kept)."""
+
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when available, else CPU. Asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training (what a checkpoint stores)."""
+
+    segmentor: Segmentor
+    critic: Critic
+    opt_s: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    strategy: Strategy
+    epoch: int = 0
+    step: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+    init_digest: str = ""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    best_path: Path
+    last_path: Path
+    best_score: float
+    best_epoch: int
+    epochs: int
+    steps: int
+    stopped: str
+    """Why training ended: max_epochs, patience, max_steps, max_seconds, callback."""
+    init_digest: str
+    history: list[dict[str, float]]
+
+
+def _rmsprop(params: list[torch.nn.Parameter], lr: float, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    # an optimiser with no parameters is legal here: a fully frozen critic never steps
+    return torch.optim.RMSprop(params or [torch.nn.Parameter(torch.zeros(1))], lr=lr,
+                               alpha=cfg.optim.rho, eps=cfg.optim.eps)
+
+
+def build_state(cfg: ExperimentConfig, device: torch.device) -> TrainState:
+    """Networks (with transfer weights when the strategy loads a source) and optimisers."""
+    nets = build_networks(len(cfg.data.modalities), cfg.model)
+    strategy = get_strategy(cfg.transfer.freeze)
+    source = None
+    if strategy.loads_source:
+        source = load_checkpoint(cfg.transfer.source)
+        load_matching(nets.segmentor, source["segmentor"], f"segmentor from {cfg.transfer.source}")
+        load_matching(nets.critic, source["critic"], f"critic from {cfg.transfer.source}")
+    apply_strategy(nets.segmentor, nets.critic, strategy)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    seg = nets.segmentor.to(device=device, memory_format=memory_format)
+    crit = nets.critic.to(device=device, memory_format=memory_format)
+    opt_s = _rmsprop([p for p in seg.parameters() if p.requires_grad], cfg.optim.lr_s, cfg)
+    opt_d = _rmsprop([p for p in crit.parameters() if p.requires_grad], cfg.optim.lr_d, cfg)
+    if source is not None and cfg.transfer.carry_optimizer:
+        _carry_segmentor_optimizer(opt_s, source, strategy, cfg.transfer.source)
+    return TrainState(seg, crit, opt_s, opt_d, strategy, init_digest=weights_digest(seg, crit))
+
+
+def _carry_segmentor_optimizer(opt_s: torch.optim.Optimizer, source: dict[str, Any],
+                               strategy: Strategy, where: str) -> None:
+    """Reference behaviour: the segmentor's RMSprop state carries over, the critic's does not.
+
+    Only possible when the same segmentor parameters train in source and target.
+    """
+    src = get_strategy(source["config"]["transfer"]["freeze"])
+    seg_groups = [g for g in strategy.trainable if g.startswith("segmentor.")]
+    if seg_groups != [g for g in src.trainable if g.startswith("segmentor.")]:
+        raise ConfigError(
+            f"transfer.carry_optimizer: {where} trained segmentor groups that differ from "
+            f"strategy {strategy.name!r}; use carry_optimizer: false"
+        )
+    opt_s.load_state_dict(source["opt_s"])
+
+
+class EpochDataset(Protocol):
+    """A map-style dataset of ``(image (C,H,W), mask (1,H,W))`` whose crops depend on the epoch."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainData:
+    train: EpochDataset
+    val: Callable[[], Iterable[tuple[str, np.ndarray, np.ndarray]]]
+    """Returns ``(case_id, image (Z,C,H,W) float32, mask (Z,H,W) uint8)`` per validation volume."""
+
+
+def store_data(cfg: ExperimentConfig, split: str = "val") -> TrainData:
+    """Training slices and validation volumes from the zarr store in ``cfg.data``."""
+    from core.data.dataset import SliceDataset, iter_volumes
+
+    d = cfg.data
+    if not d.store:
+        raise ConfigError("data.store: no store given (prepare one with `run_study.py prepare`)")
+    train = SliceDataset(d.store, "train", d.modalities, d.train_crop, train=True,
+                         region=d.region, seed=cfg.train.seed, cache=d.cache)
+
+    def volumes() -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
+        return iter_volumes(d.store, split, d.modalities, d.eval_crop, d.region)
+
+    if d.cache:
+        cached = list(volumes())
+        return TrainData(train, lambda: cached)
+    return TrainData(train, volumes)
+
+
+def train_step(state: TrainState, cfg: ExperimentConfig, image: torch.Tensor, mask: torch.Tensor,
+               scalers: tuple[Any, Any], autocast: Any) -> dict[str, float]:
+    """One SegAN step: S minimises L1 + w·dice, D minimises −L1, same forward pass.
+
+    ``image (B, C, H, W)``, ``mask (B, 1, H, W)`` float on the training device.
+    """
+    s_params = [p for p in state.segmentor.parameters() if p.requires_grad]
+    d_params = [p for p in state.critic.parameters() if p.requires_grad]
+    with autocast():
+        pred = state.segmentor(image)
+        l1 = multiscale_l1(state.critic(image, pred), state.critic(image, mask), cfg.loss.l1_mode)
+        dice = dice_loss(pred.float(), mask, cfg.loss.dice_eps)
+        loss_s = l1 + cfg.loss.dice_weight * dice
+        loss_d = -l1
+    scaler_s, scaler_d = scalers
+    grads_s = torch.autograd.grad(scaler_s.scale(loss_s), s_params, retain_graph=bool(d_params))
+    grads_d = torch.autograd.grad(scaler_d.scale(loss_d), d_params) if d_params else ()
+    for params, grads, opt, scaler in ((s_params, grads_s, state.opt_s, scaler_s),
+                                       (d_params, grads_d, state.opt_d, scaler_d)):
+        if not params:
+            continue
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    if d_params:
+        state.critic.clip_kernels(cfg.optim.critic_clip)
+    state.step += 1
+    return {"train/loss_s": loss_s.item(), "train/loss_d": loss_d.item(),
+            "train/l1": l1.item(), "train/dice_loss": dice.item()}
+
+
+def _checkpoint_state(state: TrainState, cfg: ExperimentConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "code_version": code_version(),
+        "config": cfg.to_dict(),
+        "in_channels": len(cfg.data.modalities),
+        "modalities": list(cfg.data.modalities),
+        "epoch": state.epoch,
+        "step": state.step,
+        "best_score": state.best_score,
+        "best_epoch": state.best_epoch,
+        "history": state.history,
+        "init_digest": state.init_digest,
+        "segmentor": state.segmentor.state_dict(),
+        "critic": state.critic.state_dict(),
+        "opt_s": state.opt_s.state_dict(),
+        "opt_d": state.opt_d.state_dict(),
+        "rng": {"torch": torch.get_rng_state()},
+        **extra,
+    }
+
+
+def restore_state(state: TrainState, ckpt: dict[str, Any]) -> None:
+    """Continue exactly where ``ckpt`` (a ``last.pt``) stopped."""
+    load_matching(state.segmentor, ckpt["segmentor"], "segmentor (resume)")
+    load_matching(state.critic, ckpt["critic"], "critic (resume)")
+    state.opt_s.load_state_dict(ckpt["opt_s"])
+    state.opt_d.load_state_dict(ckpt["opt_d"])
+    state.epoch, state.step = int(ckpt["epoch"]), int(ckpt["step"])
+    state.best_score, state.best_epoch = float(ckpt["best_score"]), int(ckpt["best_epoch"])
+    state.history = list(ckpt["history"])
+    state.init_digest = str(ckpt.get("init_digest", ""))
+    torch.set_rng_state(ckpt["rng"]["torch"])
+
+
+def _amp(cfg: ExperimentConfig, device: torch.device) -> tuple[Callable[[], Any], tuple[Any, Any]]:
+    """Autocast context and grad scalers; AMP only on CUDA (bf16 if supported, else fp16)."""
+    use = cfg.train.amp and device.type == "cuda"
+    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
+    need_scaler = use and dtype == torch.float16
+    scalers = (torch.amp.GradScaler("cuda", enabled=need_scaler),
+               torch.amp.GradScaler("cuda", enabled=need_scaler))
+
+    def autocast() -> Any:
+        return torch.autocast(device_type=device.type, dtype=dtype, enabled=use)
+
+    return autocast, scalers
+
+
+def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = None,
+        resume: bool = True, store_info: dict[str, Any] | None = None,
+        data_source: TrainData | None = None) -> FitResult:
+    """Train per ``cfg``; resume from ``out_dir/last.pt`` when present and ``resume``.
+
+    Data comes from the zarr store named by ``cfg.data.store`` unless a
+    ``data_source`` is given (tests use small in-memory sets).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    state = build_state(cfg, device)
+    if resume and last_path.exists():
+        restore_state(state, load_checkpoint(last_path))
+    extra = dict(store_info or {})
+    data = cfg.data
+    source = data_source or store_data(cfg)
+    train_set = source.train
+    autocast, scalers = _amp(cfg, device)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    started = time.monotonic()
+    stopped = "max_epochs"
+    while state.epoch < cfg.train.max_epochs:
+        epoch_start = time.monotonic()
+        set_train_mode(state.segmentor, state.critic, state.strategy)
+        train_set.set_epoch(state.epoch)
+        loader = DataLoader(train_set, batch_size=data.batch_size,
+                            sampler=epoch_indices(len(train_set), data.slices_per_epoch,
+                                                  cfg.train.seed, state.epoch),
+                            drop_last=len(train_set) > data.batch_size,
+                            num_workers=data.num_workers, persistent_workers=False)
+        sums: dict[str, float] = {}
+        n = 0
+        for image, mask in loader:
+            image = image.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            mask = mask.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            for k, v in train_step(state, cfg, image, mask, scalers, autocast).items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+        state.epoch += 1
+        report: dict[str, Any] = {k: v / max(n, 1) for k, v in sums.items()}
+        report.update(epoch=state.epoch, step=state.step, **{"time/epoch_s": time.monotonic() - epoch_start})
+        if state.epoch % cfg.train.val_every == 0 or state.epoch == cfg.train.max_epochs:
+            results = validation.evaluate_volumes(state.segmentor, source.val(), cfg.train.threshold,
+                                                  device, channels_last=cfg.train.channels_last)
+            val = validation.mean_metrics(results)
+            report.update({f"val/{k}": v for k, v in val.items()})
+            if math.isfinite(val["dice"]) and val["dice"] > state.best_score:
+                state.best_score, state.best_epoch = val["dice"], state.epoch
+                save_checkpoint(best_path, _checkpoint_state(state, cfg, {**extra, "metrics": report}))
+        report["val/best_dice"] = state.best_score
+        state.history.append({k: float(v) for k, v in report.items()})
+        save_checkpoint(last_path, _checkpoint_state(state, cfg, {**extra, "metrics": report}))
+        stop = _stop_reason(cfg, state, started)
+        try:
+            if callback is not None:
+                callback({**report, "checkpoint": str(last_path), "best_checkpoint": str(best_path)})
+        except StopTraining:
+            stop = stop or "callback"
+        if stop:
+            stopped = stop
+            break
+    if not best_path.exists():  # no finite validation dice ever: keep the last weights as best
+        save_checkpoint(best_path, _checkpoint_state(state, cfg, {**extra, "metrics": {}}))
+    return FitResult(best_path, last_path, state.best_score, state.best_epoch, state.epoch,
+                     state.step, stopped, state.init_digest, state.history)
+
+
+def _stop_reason(cfg: ExperimentConfig, state: TrainState, started: float) -> str:
+    t = cfg.train
+    if t.patience and state.best_epoch >= 0 and state.epoch - state.best_epoch >= t.patience:
+        return "patience"
+    if t.max_steps and state.step >= t.max_steps:
+        return "max_steps"
+    if t.max_seconds and time.monotonic() - started >= t.max_seconds:
+        return "max_seconds"
+    return ""
+
+
+def epoch_indices(n: int, per_epoch: int, seed: int, epoch: int) -> list[int]:
+    """This epoch's slice order: a permutation of all ``n`` slices, or of a seeded subset."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    return order[:per_epoch] if per_epoch and per_epoch < n else order

@@ -1,0 +1,75 @@
+"""Slice-by-slice prediction of whole volumes and per-volume evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from core import metrics
+
+
+@torch.no_grad()
+def predict_volume(
+    segmentor: nn.Module,
+    image: np.ndarray,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Probabilities for every slice of a volume.
+
+    ``image``: float32 ``(Z, C, H, W)`` in [0, 1], H and W divisible by 16.
+    Returns float32 ``(Z, H, W)`` in (0, 1). The segmentor is used in eval mode.
+    """
+    was_training = segmentor.training
+    segmentor.eval()
+    out = np.empty((image.shape[0], image.shape[2], image.shape[3]), dtype=np.float32)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for start in range(0, image.shape[0], batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(image[start : start + batch_size]))
+        x = x.to(device=device, dtype=torch.float32, memory_format=memory_format)
+        out[start : start + batch_size] = segmentor(x)[:, 0].float().cpu().numpy()
+    segmentor.train(was_training)
+    return out
+
+
+@dataclass(frozen=True)
+class VolumeResult:
+    case_id: str
+    counts: metrics.Counts
+
+    def row(self) -> dict[str, float | int | str]:
+        c = self.counts
+        return {"case_id": self.case_id, "tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn,
+                **metrics.volume_metrics(c)}
+
+
+def evaluate_volumes(
+    segmentor: nn.Module,
+    volumes: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    threshold: float = 0.5,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    channels_last: bool = False,
+) -> list[VolumeResult]:
+    """Per-volume counts for ``(case_id, image (Z,C,H,W), mask (Z,H,W))`` items."""
+    results = []
+    for case_id, image, mask in volumes:
+        prob = predict_volume(segmentor, image, device, batch_size, channels_last)
+        results.append(VolumeResult(case_id, metrics.confusion_counts(prob, mask, threshold)))
+    return results
+
+
+def mean_metrics(results: list[VolumeResult]) -> dict[str, float]:
+    """Mean over volumes of dice/precision/sensitivity (NaNs excluded) + excluded counts."""
+    out: dict[str, float] = {}
+    for name, fn in metrics.METRICS.items():
+        values = np.array([fn(r.counts) for r in results], dtype=float)
+        finite = values[np.isfinite(values)]
+        out[name] = float(finite.mean()) if finite.size else float("nan")
+        out[f"{name}_excluded"] = float(values.size - finite.size)
+    return out

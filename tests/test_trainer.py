@@ -1,0 +1,105 @@
+"""Trainer: learning on phantoms, exact resume, critic clipping, gradient flow."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from core.checkpoint import load_checkpoint
+from core.config import load_config
+from core.errors import CheckpointError, ConfigError
+from core.trainer import build_state, fit, resolve_device, train_step
+from tests.toy_data import phantom_data
+
+
+def tiny_cfg(**overrides):
+    base = {"data.modalities": ["flair"], "data.train_crop": 32, "data.eval_crop": 32,
+            "train.seed": 7}
+    return load_config("smoke", overrides={**base, **overrides})
+
+
+def test_tiny_model_learns_discs(tmp_path):
+    cfg = tiny_cfg(**{"train.max_epochs": 30, "data.slices_per_epoch": 0,
+                      "model.width": 0.25, "train.patience": 0})
+    start = time.monotonic()
+    result = fit(cfg, tmp_path, data_source=phantom_data(n_train=96))
+    assert time.monotonic() - start < 60
+    assert result.best_score > 0.8, result.history[-1]
+    assert result.history[0]["val/dice"] < result.best_score
+    best = load_checkpoint(result.best_path)
+    assert best["epoch"] == result.best_epoch
+    assert best["metrics"]["val/dice"] == pytest.approx(result.best_score)
+
+
+def test_resume_is_exact(tmp_path):
+    cfg4 = tiny_cfg(**{"train.max_epochs": 4})
+    full = fit(cfg4, tmp_path / "one_go", data_source=phantom_data())
+    cfg2 = tiny_cfg(**{"train.max_epochs": 2})
+    half = fit(cfg2, tmp_path / "split", data_source=phantom_data())
+    assert half.epochs == 2
+    steps_per_epoch = half.steps // 2
+    resumed = fit(cfg4, tmp_path / "split", data_source=phantom_data())
+    assert resumed.epochs == 4 and resumed.steps == full.steps == 4 * steps_per_epoch
+    a = load_checkpoint(full.last_path)
+    b = load_checkpoint(resumed.last_path)
+    for net in ("segmentor", "critic"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
+    def untimed(history):
+        return [{k: v for k, v in h.items() if not k.startswith("time/")} for h in history]
+
+    assert untimed(a["history"]) == untimed(b["history"])
+
+
+def _one_step(cfg, channels=1):
+    state = build_state(cfg, torch.device("cpu"))
+    data = phantom_data(n_train=8, channels=channels)
+    image = torch.stack([data.train[i][0] for i in range(8)])
+    mask = torch.stack([data.train[i][1] for i in range(8)])
+    scalers = (torch.amp.GradScaler("cuda", enabled=False),) * 2
+    before = {n: p.detach().clone() for n, p in state.critic.named_parameters()}
+    seg_before = {n: p.detach().clone() for n, p in state.segmentor.named_parameters()}
+    train_step(state, cfg, image, mask, scalers, lambda: torch.autocast("cpu", enabled=False))
+    return state, before, seg_before
+
+
+def test_critic_kernels_clipped_and_every_parameter_moves():
+    cfg = tiny_cfg(**{"optim.lr_d": 1.0, "optim.lr_s": 1e-2})  # huge lr forces clipping
+    state, before, seg_before = _one_step(cfg)
+    for block in (state.critic.block1, state.critic.block2, state.critic.block3):
+        assert block.conv.weight.abs().max() <= 0.05 + 1e-7
+    assert state.critic.block1.conv.weight.abs().max().item() == pytest.approx(0.05)
+    for name, p in state.critic.named_parameters():
+        assert not torch.equal(p, before[name]), f"critic.{name} got no update"
+    for name, p in state.segmentor.named_parameters():
+        assert not torch.equal(p, seg_before[name]), f"segmentor.{name} got no update"
+
+
+def test_segan_and_cat_critics_differ_only_in_input():
+    cat = build_state(tiny_cfg(**{"model.critic_input": "concat"}), torch.device("cpu")).critic
+    mul = build_state(tiny_cfg(**{"model.critic_input": "multiply"}), torch.device("cpu")).critic
+    assert cat.block1.conv.in_channels == 2 and mul.block1.conv.in_channels == 1
+    cat_shapes = {n: p.shape for n, p in cat.named_parameters() if not n.startswith("block1.conv.weight")}
+    mul_shapes = {n: p.shape for n, p in mul.named_parameters() if not n.startswith("block1.conv.weight")}
+    assert cat_shapes == mul_shapes
+    image, mask = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    assert torch.equal(cat.critic_input(image, mask), torch.cat([image, mask], 1))
+    assert torch.equal(mul.critic_input(image, mask), image * mask)
+
+
+def test_transfer_from_incompatible_checkpoint_fails_loudly(tmp_path):
+    src = fit(tiny_cfg(**{"train.max_epochs": 1}), tmp_path / "src", data_source=phantom_data())
+    cfg = tiny_cfg(**{"data.modalities": ["flair", "t2"], "transfer.source": str(src.best_path),
+                      "transfer.freeze": "full"})
+    with pytest.raises(CheckpointError, match="enc1.conv.weight: checkpoint"):
+        build_state(cfg, torch.device("cpu"))
+
+
+def test_cuda_request_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("machine has CUDA")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
