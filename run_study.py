@@ -30,18 +30,17 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; with ``only``, import just that subcommand's module (fast start)."""
     parser = argparse.ArgumentParser(
         prog="run_study.py",
         description="SegAN-CAT brain tumour segmentation study runner "
         "(default subcommand: study, e.g. `run_study.py --grid transfer_all`).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    registered: set[str] = set()
-    for module_name in dict.fromkeys(COMMANDS.values()):
-        module = importlib.import_module(module_name)
-        module.register(sub)
-        registered.update(name for name, mod in COMMANDS.items() if mod == module_name)
+    modules = [COMMANDS[only]] if only in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for module_name in modules:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     # `run_study.py --grid X` is shorthand for `run_study.py study --grid X`.
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["study", *argv]
-    parser = build_parser()
+    parser = build_parser(argv[0])
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -1,0 +1,70 @@
+"""Every shipped config file loads; bad keys and values fail with the key's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import CONFIG_DIR, ExperimentConfig, load_config, read_yaml
+from core.errors import ConfigError
+
+BUDGETS = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml") if p.stem != "base")
+
+
+def test_base_yaml_holds_the_paper_values():
+    cfg = load_config()
+    assert cfg == ExperimentConfig()  # dataclass defaults are the paper too
+    assert (cfg.optim.lr_s, cfg.optim.rho, cfg.optim.eps) == (2e-5, 0.9, 1e-7)
+    assert (cfg.data.batch_size, cfg.data.train_crop, cfg.optim.critic_clip) == (64, 160, 0.05)
+    assert cfg.train.patience == 300 and cfg.train.seed == 1234567890
+    assert cfg.model.critic_input == "concat" and cfg.loss.l1_mode == "per_layer"
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_every_budget_loads(budget):
+    assert isinstance(load_config(budget), ExperimentConfig)
+
+
+def test_budgets_exist():
+    assert {"smoke", "cpu", "paper"} <= set(BUDGETS)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"optim.lr": 1e-3}, "unknown config key 'optim.lr' (did you mean 'lr_s'?)"),
+        ({"modle.width": 1}, "unknown config key 'modle' (did you mean 'model'?)"),
+        ({"optim.lr_s": -1}, "optim.lr_s: must be > 0"),
+        ({"data.modalities": ["flair", "t1ce"]}, "unknown modality 't1ce' (did you mean 't1c'?)"),
+        ({"data.train_crop": 100}, "data.train_crop: must be a positive multiple of 16"),
+        ({"train.max_epochs": "many"}, "train.max_epochs: expected int"),
+        ({"transfer.freeze": "s_dim"}, "did you mean 's_din'?"),
+        ({"transfer.freeze": "full"}, "needs a source checkpoint"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke", overrides=overrides)
+    assert message in str(err.value)
+
+
+def test_unknown_key_in_a_file_names_the_file(tmp_path: Path):
+    bad = tmp_path / "overlay.yaml"
+    bad.write_text("train:\n  max_epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"overlay.yaml: unknown config key 'train.max_epoch'"):
+        load_config("smoke", overlays=[bad])
+    with pytest.raises(ConfigError, match="unknown budget 'smok'"):
+        load_config("smok")
+
+
+def test_round_trip_through_dict():
+    cfg = load_config("cpu", overrides={"data.modalities": "t2", "train.seed": 3})
+    assert cfg.data.modalities == ("t2",)
+    assert cfg.replace({}) == cfg
+    assert cfg.replace({"train.seed": 4}).train.seed == 4
+
+
+@pytest.mark.parametrize("path", sorted((CONFIG_DIR).rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_yaml_file_parses(path):
+    assert isinstance(read_yaml(path), dict)
