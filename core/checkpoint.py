@@ -102,11 +102,16 @@ def load_matching(module: nn.Module, source: dict[str, torch.Tensor], what: str)
     module.load_state_dict(source, strict=True)
 
 
-def weights_digest(*modules: nn.Module) -> str:
-    """sha256 (16 hex) over the parameters and buffers of the modules, in name order."""
+def weights_digest(*parts: nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 (16 hex) over parameters and buffers (modules or state dicts), in name order.
+
+    Equal digests mean bit-identical weights: used to prove a transfer starts
+    from exactly its source's best checkpoint.
+    """
     h = hashlib.sha256()
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
+    for part in parts:
+        state = part.state_dict() if isinstance(part, nn.Module) else part
+        for name, tensor in sorted(state.items()):
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]

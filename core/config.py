@@ -152,6 +152,8 @@ class TransferConfig:
     """Freezing strategy name from core/freezing.py."""
     carry_optimizer: bool = False
     """Carry the source's optimiser state (reference code: segmentor's only)."""
+    max_epochs: int = 300
+    """Epoch budget of transfer-grid cells and their from-scratch baseline (paper: 300)."""
 
     def __post_init__(self) -> None:
         from core.freezing import STRATEGIES
@@ -159,6 +161,7 @@ class TransferConfig:
         _check(self.freeze in STRATEGIES, "transfer.freeze",
                f"unknown strategy {self.freeze!r}{_suggest(self.freeze, STRATEGIES)}; "
                f"valid: {', '.join(STRATEGIES)}")
+        _check(self.max_epochs > 0, "transfer.max_epochs", "must be > 0")
         _check(self.freeze == "scratch" or bool(self.source), "transfer.source",
                f"strategy {self.freeze!r} needs a source checkpoint")
 

@@ -73,3 +73,35 @@ def mean_metrics(results: list[VolumeResult]) -> dict[str, float]:
         out[name] = float(finite.mean()) if finite.size else float("nan")
         out[f"{name}_excluded"] = float(values.size - finite.size)
     return out
+
+
+def modality_key(modalities: tuple[str, ...] | list[str]) -> str:
+    """Metric-name component for a modality set: ``flair`` or ``flair-t1-t1c-t2``."""
+    return "-".join(modalities)
+
+
+def evaluate_checkpoint(
+    state: dict,
+    store: str,
+    modalities: tuple[str, ...],
+    split: str,
+    device: torch.device | str = "cpu",
+) -> list[VolumeResult]:
+    """Evaluate a loaded checkpoint's segmentor on ``split`` fed with ``modalities``.
+
+    A unimodal model may be fed another modality (the cross-modality matrix); the
+    channel count must match the model's.
+    """
+    from core.checkpoint import build_segmentor
+    from core.data.dataset import iter_volumes
+    from core.errors import CheckpointError
+
+    segmentor, cfg = build_segmentor(state)
+    if len(modalities) != int(state["in_channels"]):
+        raise CheckpointError(
+            f"model takes {state['in_channels']} channel(s) ({','.join(state['modalities'])}); "
+            f"cannot evaluate it on {','.join(modalities)}"
+        )
+    segmentor.to(device)
+    volumes = iter_volumes(store, split, modalities, cfg.data.eval_crop, cfg.data.region)
+    return evaluate_volumes(segmentor, volumes, cfg.train.threshold, device)

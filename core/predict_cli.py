@@ -1,0 +1,237 @@
+"""``predict`` and ``evaluate`` subcommands of run_study.py.
+
+    run_study.py predict --checkpoint best.pt --input CASE_DIR --out mask.nii.gz [--save-prob]
+    run_study.py predict --run-id RUN --tracking-uri URI --input CASES_DIR --out OUT_DIR
+    run_study.py predict --checkpoint best.pt --flair F --t1 A --t1c B --t2 C --out mask.nii.gz
+    run_study.py evaluate --pred mask.nii.gz --truth case_seg.nii.gz [--region tc] [--json]
+    run_study.py evaluate --pred OUT_DIR --truth BRATS_DIR [--json]
+
+MLflow is imported only for ``--run-id``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from core.errors import CheckpointError, DataError, UserError
+
+_NIFTI = (".nii.gz", ".nii")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``predict`` and ``evaluate`` to run_study.py's subparsers."""
+    p = subparsers.add_parser(
+        "predict", help="segment BraTS cases with a trained checkpoint (NIfTI in original space)",
+        description="Preprocess as training did (parameters from the checkpoint), predict "
+        "slice by slice, write a binary uint8 NIfTI mask in the input's original grid.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="checkpoint file (e.g. a trial's best.pt)")
+    src.add_argument("--run-id", help="MLflow run id; uses the run's 'best_checkpoint' tag")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for --run-id, e.g. "
+                   "sqlite:///mlflow.db or http://host:5000 (default: MLFLOW_TRACKING_URI)")
+    p.add_argument("--input", type=Path, help="a case folder (any BraTS naming) or a folder "
+                   "of case folders (batch)")
+    for m in ("flair", "t1", "t1c", "t2"):
+        p.add_argument(f"--{m}", type=Path, metavar="FILE", help=f"explicit {m} NIfTI file")
+    p.add_argument("--out", type=Path, required=True,
+                   help="mask path (.nii.gz) for one case, or a folder (batch: <case_id>.nii.gz)")
+    p.add_argument("--save-prob", action="store_true",
+                   help="also write the probability map (<name>_prob.nii.gz, float32)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.set_defaults(func=run_predict)
+
+    e = subparsers.add_parser(
+        "evaluate", help="dice, precision, sensitivity, specificity, HD95 of masks vs truth",
+        description="Compare predicted masks with ground truth (files or folders paired by "
+        "case id). The truth may be a raw BraTS label map. HD95 in mm from the voxel spacing.")
+    e.add_argument("--pred", type=Path, required=True, help="predicted mask file or folder")
+    e.add_argument("--truth", type=Path, required=True,
+                   help="truth mask/label file, or a folder of them / of BraTS case folders")
+    e.add_argument("--region", choices=("wt", "tc", "et"), default="wt",
+                   help="tumour region (default wt, whole tumour)")
+    e.add_argument("--release", help="BraTS release of raw label maps, e.g. 2018 or 2023 "
+                   "(default: from the case folder or the label values)")
+    e.add_argument("--threshold", type=float, default=0.5,
+                   help="threshold for probability maps (default 0.5)")
+    e.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    e.set_defaults(func=run_evaluate)
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def resolve_run_checkpoint(run_id: str, tracking_uri: str | None = None) -> Path:
+    """Absolute checkpoint path stored in the MLflow run's ``best_checkpoint`` tag."""
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise UserError("--run-id needs MLflow (pip install mlflow); or pass --checkpoint") from None
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - unknown run / unreachable server
+        where = tracking_uri or "the default tracking URI"
+        raise UserError(f"MLflow run {run_id!r} not found at {where}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    path = run.data.tags.get("best_checkpoint")
+    if not path:
+        raise CheckpointError(f"MLflow run {run_id!r} has no 'best_checkpoint' tag "
+                              f"(did the trial finish?); pass --checkpoint instead")
+    return Path(path)
+
+
+def _is_case_folder(folder: Path) -> bool:
+    """True if ``folder`` itself holds a case's image files (not a folder of cases)."""
+    from core.data.brats import LABEL, classify_file
+
+    for p in folder.iterdir():
+        if p.is_file() and classify_file(p) not in (None, LABEL):
+            return True
+        if p.is_dir() and p.name.upper().startswith("VSD."):
+            return True
+    return False
+
+
+def case_folders(root: Path) -> list[Path]:
+    """Every case folder under ``root`` (any depth, any naming), sorted by path."""
+    from core.data.brats import LABEL, classify_file
+
+    found = set()
+    for p in root.rglob("*"):
+        if p.is_file() and classify_file(p) not in (None, LABEL):
+            vsd = p.parent.name.upper().startswith("VSD.")
+            found.add(p.parent.parent if vsd else p.parent)
+    return sorted(found)
+
+
+def _is_nifti_path(path: Path) -> bool:
+    return path.name.lower().endswith(_NIFTI)
+
+
+def _jobs(args: argparse.Namespace) -> tuple[list[tuple[str, Any, Path]], bool]:
+    """([(label, case folder or {modality: file}, output path)], batch?) from the arguments."""
+    explicit = {m: getattr(args, m) for m in ("flair", "t1", "t1c", "t2") if getattr(args, m)}
+    if explicit and args.input is not None:
+        raise UserError("give either --input or explicit --flair/--t1/--t1c/--t2 files, not both")
+    if explicit:
+        if not _is_nifti_path(args.out):
+            raise UserError(f"--out {args.out}: with explicit files, give a .nii.gz path")
+        return [(args.out.name, explicit, args.out)], False
+    if args.input is None:
+        raise UserError("give --input (case folder or folder of cases) or --flair/--t1/--t1c/--t2")
+    src: Path = args.input
+    if not src.is_dir():
+        raise DataError(f"--input {src}: not a folder")
+    if _is_case_folder(src):
+        out = args.out if _is_nifti_path(args.out) else args.out / f"{src.name}.nii.gz"
+        return [(src.name, src, out)], False
+    if _is_nifti_path(args.out):
+        raise UserError(f"--input {src} holds several cases: --out must be a folder, "
+                        f"not {args.out.name}")
+    cases = case_folders(src)
+    if not cases:
+        raise DataError(f"--input {src}: no BraTS case found (looked for *_flair.nii.gz, "
+                        f"*-t2f.nii.gz, VSD.*.mha …)")
+    names = [c.name for c in cases]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"--input {src}: case id(s) found twice: {', '.join(dupes)}")
+    return [(c.name, c, args.out / f"{c.name}.nii.gz") for c in cases], True
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Handler of ``predict``: 0 when every case was written, 1 if some failed (batch)."""
+    from core.checkpoint import load_checkpoint
+    from core.inference import predict_to_file, resolve_device
+
+    jobs, batch = _jobs(args)
+    device = resolve_device(args.device)
+    ckpt_path = args.checkpoint or resolve_run_checkpoint(args.run_id, args.tracking_uri)
+    state = load_checkpoint(ckpt_path, map_location="cpu")
+    print(f"checkpoint {ckpt_path} (inputs: {', '.join(state['modalities'])}); "
+          f"device {device}; {len(jobs)} case(s)", file=sys.stderr)
+    failed: list[str] = []
+    for i, (name, case, out) in enumerate(jobs, 1):
+        start = time.perf_counter()
+        try:
+            summary = predict_to_file(state, case, out, args.save_prob, device)
+        except DataError as exc:
+            if not batch:
+                raise
+            failed.append(name)
+            print(f"[{i}/{len(jobs)}] {name}: error: {exc}", file=sys.stderr)
+            continue
+        ml = summary["volume_ml"]
+        vol = f"{ml:.1f} ml" if math.isfinite(ml) else f"{summary['voxels']} voxels"
+        print(f"[{i}/{len(jobs)}] {name} -> {out} ({vol}, {time.perf_counter() - start:.1f} s)",
+              file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} case(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+def _fmt(value: float, unit: str = "") -> str:
+    if math.isnan(value):
+        return "undefined (NaN: both masks empty)" if unit else "undefined (NaN)"
+    if math.isinf(value):
+        return "inf (one mask empty)"
+    return f"{value:.2f}{unit}" if unit else f"{value:.4f}"
+
+
+def format_pair(row: dict[str, Any]) -> str:
+    """Human-readable lines for one pair's result."""
+    lines = [f"pred   {row['pred']}", f"truth  {row['truth']}  (region {row['region']})"]
+    for name in ("dice", "precision", "sensitivity", "specificity"):
+        lines.append(f"{name:<12} {_fmt(row[name])}")
+    lines.append(f"{'hd95':<12} {_fmt(row['hd95'], ' mm')}")
+    lines.append(f"voxels       pred {row['pred_voxels']}, truth {row['truth_voxels']}, "
+                 f"tp {row['tp']}, fp {row['fp']}, fn {row['fn']}")
+    return "\n".join(lines)
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """Summary table (mean, 95% CI, n, NaN/inf exclusions) plus unmatched cases."""
+    lines = [f"{len(result['cases'])} case(s), region {result['region']}",
+             f"{'metric':<12} {'mean':>9}  {'95% CI':<21} {'n':>4} {'NaN':>4} {'inf':>4}"]
+    for name, s in result["summary"].items():
+        ci = f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]"
+        lines.append(f"{name:<12} {s['mean']:>9.4f}  {ci:<21} {s['n']:>4} "
+                     f"{s['n_nan']:>4} {s['n_inf']:>4}")
+    lines.append("NaN/inf values are left out of means: NaN = undefined (both masks empty, or "
+                 "empty prediction for precision); hd95 inf = exactly one mask empty.")
+    for key, what in (("pred_only", "predictions without truth"),
+                      ("truth_only", "truths without prediction")):
+        if result[key]:
+            lines.append(f"{len(result[key])} {what} (not evaluated): {', '.join(result[key])}")
+    return "\n".join(lines)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``evaluate``: one pair of files or two folders paired by case id."""
+    from core.evaluation import evaluate_folders, evaluate_pair, json_safe
+
+    pred, truth = Path(args.pred), Path(args.truth)
+    for what, path in (("--pred", pred), ("--truth", truth)):
+        if not path.exists():
+            raise DataError(f"{what} {path}: not found")
+    if pred.is_file() and truth.is_file():
+        row = evaluate_pair(pred, truth, args.region, args.release, args.threshold)
+        print(json.dumps(json_safe(row), indent=2) if args.json else format_pair(row))
+        return 0
+    if pred.is_dir() and truth.is_dir():
+        progress = None if args.json else print
+        result = evaluate_folders(pred, truth, args.region, args.release, args.threshold,
+                                  progress=progress)
+        print(json.dumps(json_safe(result), indent=2) if args.json else format_summary(result))
+        return 0
+    raise UserError(f"--pred {pred} and --truth {truth} must both be files or both folders")

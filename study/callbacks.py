@@ -1,0 +1,93 @@
+"""Tune callback: forwards trial results to MLflow and prints study progress."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from study.tracking import Tracker
+from study.trainable import FINAL_KEY
+
+
+class StudyCallback(Callback):
+    """Logs each epoch's metrics to the cell's MLflow run; ends runs with a status."""
+
+    def __init__(self, tracker: Tracker, total: int, done_before: int, stage: int) -> None:
+        self.tracker = tracker
+        self.total = total
+        self.done = done_before
+        self.stage = stage
+        self.completed: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.best: tuple[float, str] = (float("-inf"), "")
+        self.started: dict[str, float] = {}
+        self.running = 0
+
+    @staticmethod
+    def _cell(trial: Any) -> dict[str, Any]:
+        return trial.config["trial"]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started[self._cell(trial)["trial_id"]] = time.monotonic()
+        self.running = sum(1 for t in trials if t.status == "RUNNING")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        cell = self._cell(trial)
+        if result.get(FINAL_KEY):
+            self._final(cell, result)
+            return
+        metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
+        self.tracker.log_metrics(cell["run_id"], metrics, step=int(result.get("epoch", 0)))
+
+    def _final(self, cell: dict[str, Any], result: dict[str, Any]) -> None:
+        run_id = cell["run_id"]
+        metrics = {k: v for k, v in result.items()
+                   if k.startswith(("test/", "best/", "train/epochs", "train/steps"))}
+        self.tracker.log_metrics(run_id, metrics, step=int(result.get("train/epochs", 0)))
+        self.tracker.set_tags(run_id, json.loads(result.get("tags") or "{}"))
+        self.tracker.log_json(run_id, json.loads(result["per_volume"]), "per_volume.json")
+        key = next((k for k in metrics if k.startswith("test/") and k.endswith("/dice")), None)
+        if key is not None and metrics[key] > self.best[0]:
+            self.best = (metrics[key], cell["name"])
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cell = self._cell(trial)
+        final = (trial.last_result or {}).get(FINAL_KEY)
+        status = "FINISHED" if final else "KILLED"
+        self.tracker.finish(cell["run_id"], status)
+        if final:
+            self.completed.add(cell["trial_id"])
+        self._progress(cell, "done" if final else "stopped", trials, trial.last_result or {})
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        cell = self._cell(trial)
+        reason = _error_line(trial)
+        self.failed[cell["trial_id"]] = reason
+        self.tracker.set_tags(cell["run_id"], {"error": reason})
+        self.tracker.finish(cell["run_id"], "FAILED")
+        self._progress(cell, f"FAILED ({reason})", trials, {})
+
+    def _progress(self, cell: dict[str, Any], what: str, trials: list, result: dict) -> None:
+        self.done += 1
+        secs = time.monotonic() - self.started.get(cell["trial_id"], time.monotonic())
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        pending = sum(1 for t in trials if t.status == "PENDING")
+        dice = next((v for k, v in result.items() if k.startswith("test/") and k.endswith("/dice")), None)
+        score = f" test dice {dice:.3f}" if isinstance(dice, float) else ""
+        best = f" | best so far {self.best[0]:.3f} ({self.best[1]})" if self.best[1] else ""
+        print(f"[stage {self.stage}] {self.done}/{self.total} {what}: {cell['name']}{score} "
+              f"({secs:.0f}s) | running {running}, pending {pending}{best}", flush=True)
+
+
+def _error_line(trial: Any) -> str:
+    """Last line of the trial's error (the exception message), for tags and the summary."""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        with open(path) as fh:
+            lines = [ln.strip() for ln in fh if ln.strip()]
+        return lines[-1][:500] if lines else "unknown error"
+    except OSError:
+        return "unknown error"

@@ -1,0 +1,207 @@
+"""Run a grid on Ray Tune, stage by stage, tracked in MLflow, resumable.
+
+Tune has no inter-trial dependencies, so each stage is its own Tuner; a cell
+whose source did not finish is skipped with the reason. Resume = run the same
+command again: finished cells (by identity, looked up in MLflow) are skipped,
+unfinished ones restart from their ``last.pt``, and no cell gets a second run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+from study.grids import Grid, TrialSpec
+from study.tracking import Tracker
+
+@dataclass
+class Resources:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None
+    """None: one GPU per trial when the cluster has GPUs, else none."""
+    max_concurrent: int = 0
+    max_failures: int = 1
+
+
+@dataclass
+class StageOutcome:
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def decide_gpus(requested: float | None, cluster_gpus: float) -> float:
+    """GPUs per trial: never more than the cluster has, default one when there are any."""
+    if requested is None:
+        return 1.0 if cluster_gpus >= 1 else 0.0
+    if requested < 0:
+        raise UserError(f"--gpus-per-trial must be >= 0, got {requested}")
+    if requested > 0 and cluster_gpus <= 0:
+        raise UserError(f"--gpus-per-trial {requested} requested but the Ray cluster has no GPU "
+                        "(trials would stay PENDING forever); use --gpus-per-trial 0")
+    if requested > cluster_gpus:
+        raise UserError(f"--gpus-per-trial {requested} exceeds the cluster's {cluster_gpus:g} GPUs")
+    return requested
+
+
+def run_tag_values(grid: Grid, spec: TrialSpec, context: dict[str, str]) -> dict[str, str]:
+    return {**spec.tags, **context, "trial_id": spec.trial_id, "grid": grid.name,
+            "stage": str(spec.stage), "mlflow.runName": spec.name}
+
+
+class StudyRunner:
+    def __init__(self, grid: Grid, tracker: Tracker, study_dir: Path, store: str,
+                 store_info: dict[str, Any], eval_split: str, resources: Resources,
+                 context_tags: dict[str, str]) -> None:
+        self.grid, self.tracker, self.study_dir = grid, tracker, study_dir
+        self.store, self.store_info, self.eval_split = store, store_info, eval_split
+        self.resources, self.context_tags = resources, context_tags
+        self.outcomes: list[StageOutcome] = []
+
+    def run(self) -> StageOutcome:
+        total = StageOutcome()
+        for number, stage in enumerate(self.grid.stages(), start=1):
+            outcome = self.run_stage(number, stage)
+            self.outcomes.append(outcome)
+            total.done += outcome.done
+            total.failed.update(outcome.failed)
+            total.skipped.update(outcome.skipped)
+            if outcome.interrupted:
+                total.interrupted = True
+                break
+        return total
+
+    def _cell(self, spec: TrialSpec, run_id: str, source_ckpt: str | None, gpus: float) -> dict[str, Any]:
+        return {
+            "trial_id": spec.trial_id, "name": spec.name, "kind": spec.kind, "config": spec.config,
+            "eval_modalities": list(spec.eval_modalities), "eval_split": self.eval_split,
+            "run_id": run_id, "source_checkpoint": source_ckpt, "store_info": self.store_info,
+            "trial_dir": str((self.study_dir / "trials" / spec.trial_id).resolve()),
+            "threads": max(1, int(self.resources.cpus_per_trial)),
+            "device": "cuda" if gpus > 0 else "cpu",
+        }
+
+    def run_stage(self, number: int, stage: list[TrialSpec]) -> StageOutcome:
+        outcome = StageOutcome()
+        runs = self.tracker.trial_runs()
+        gpus = decide_gpus(self.resources.gpus_per_trial, _cluster_gpus())
+        cells = []
+        for spec in stage:
+            run = runs.get(spec.trial_id)
+            tags = run_tag_values(self.grid, spec, self.context_tags)
+            if run is not None and run.info.status == "FINISHED":
+                outcome.done.append(spec.trial_id)
+                continue
+            source_ckpt = None
+            if spec.depends_on:
+                reason, source_ckpt = self._source_checkpoint(spec, runs)
+                if reason:
+                    self.tracker.mark_skipped(spec, tags, run, reason)
+                    outcome.skipped[spec.trial_id] = reason
+                    print(f"[stage {number}] skipped {spec.name}: {reason}", flush=True)
+                    continue
+            run_id = self.tracker.open_trial_run(spec, tags, run)
+            cells.append(self._cell(spec, run_id, source_ckpt, gpus))
+        kinds = ", ".join(f"{sum(1 for s in stage if s.kind == k)} {k}" for k in
+                          sorted({s.kind for s in stage}))
+        print(f"\n== stage {number}: {len(stage)} trials ({kinds}); {len(outcome.done)} already "
+              f"finished, {len(outcome.skipped)} skipped, {len(cells)} to run ==", flush=True)
+        if cells:
+            self._tune(number, cells, len(stage), len(outcome.done) + len(outcome.skipped), outcome)
+        return outcome
+
+    def _source_checkpoint(self, spec: TrialSpec, runs: dict[str, Any]) -> tuple[str, str | None]:
+        src = runs.get(spec.depends_on or "")
+        name = self.grid.by_id().get(spec.depends_on or "")
+        src_name = name.name if name else spec.depends_on
+        if src is None or src.info.status != "FINISHED":
+            status = "did not run" if src is None else src.info.status.lower()
+            err = f" ({src.data.tags['error']})" if src is not None and "error" in src.data.tags else ""
+            return f"source {src_name} {status}{err}", None
+        ckpt = src.data.tags.get("best_checkpoint", "")
+        if not ckpt or not Path(ckpt).exists():
+            return f"source {src_name} checkpoint missing: {ckpt or '(none)'}", None
+        return "", ckpt
+
+    def _tune(self, number: int, cells: list[dict[str, Any]], total: int, done_before: int,
+              outcome: StageOutcome) -> None:
+        from ray import tune
+
+        from study.callbacks import StudyCallback
+        from study.trainable import run_trial
+
+        callback = StudyCallback(self.tracker, total, done_before, number)
+        res = self.resources
+        gpus = cells[0]["device"] == "cuda"
+        trainable = tune.with_resources(run_trial, {"cpu": res.cpus_per_trial,
+                                                    "gpu": res.gpus_per_trial or (1.0 if gpus else 0.0)})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(cells)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=res.max_concurrent or None,
+                trial_name_creator=lambda t: t.config["trial"]["name"].replace("/", "_"),
+                trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=f"stage{number}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str((self.study_dir / "ray_results").resolve()),
+                callbacks=[callback],
+                failure_config=tune.FailureConfig(max_failures=res.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=0,
+            ),
+        )
+        tuner.fit()
+        outcome.done += sorted(callback.completed)
+        outcome.failed.update(callback.failed)
+        for cell in cells:
+            tid = cell["trial_id"]
+            if tid not in callback.completed and tid not in callback.failed:
+                outcome.interrupted = True
+                self.tracker.finish(cell["run_id"], "KILLED")
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> str:
+    """Start or join Ray; returns the dashboard URL (or '' without a dashboard)."""
+    import ray
+
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(("MLFLOW_", "SEGAN_")) or k in ("PYTHONPATH",)}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
+                              "ignore_reinit_error": True}
+    if address:
+        ctx = ray.init(address=address, **kwargs)
+    else:
+        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                       configure_logging=True, logging_level="ERROR", **kwargs)
+    url = getattr(ctx, "dashboard_url", "") or ""
+    if url and not url.startswith("http"):
+        url = f"http://{url}"
+    return url
+
+
+def print_dashboard(url: str) -> None:
+    if not url:
+        print("Ray dashboard: not available (install ray[default])", flush=True)
+        return
+    print(f"Ray dashboard: {url}", flush=True)
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled":
+        print("  (if it asks for a token: `ray get-auth-token`; set RAY_AUTH_MODE=disabled "
+              "before starting Ray to turn authentication off)", flush=True)
+    sys.stdout.flush()

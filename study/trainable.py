@@ -1,0 +1,118 @@
+"""The Ray Tune function trainable: one grid cell → core's trainer → reports.
+
+The trial config carries everything as plain data with absolute paths (trials
+run with their Tune directory as cwd). Metrics go out through
+``ray.tune.report`` once per epoch with a checkpoint (core's own ``last.pt``,
+readable without Ray); the final report adds per-modality test metrics and the
+per-volume rows that the report's confidence intervals are computed from.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from core import metrics, validation
+from core.checkpoint import load_checkpoint, weights_digest
+from core.config import from_dict
+from core.trainer import fit, resolve_device
+
+FINAL_KEY = "trial/final"
+FAULT_ENV = "SEGAN_FAIL_TRIALS"
+"""Fault injection for tests and drills: a trial whose name contains one of these
+comma-separated substrings fails at start (exercises the failure and skip paths)."""
+
+
+def _inject_fault(name: str) -> None:
+    import os
+
+    for token in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        if token in name:
+            raise RuntimeError(f"deliberate failure: {FAULT_ENV} matches {token!r}")
+
+
+def _restore_from_tune(out_dir: Path) -> None:
+    """On a Tune retry, bring back ``last.pt`` if the trial directory lost it."""
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None or (out_dir / "last.pt").exists():
+        return
+    with ckpt.as_directory() as d:
+        if (Path(d) / "last.pt").exists():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(d) / "last.pt", out_dir / "last.pt")
+
+
+def _epoch_reporter(report_every_checkpoint: bool):  # type: ignore[no-untyped-def]
+    from ray import tune
+
+    def callback(report: dict[str, Any]) -> None:
+        numbers = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+        if not report_every_checkpoint:
+            tune.report(numbers)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copy2(report["checkpoint"], Path(tmp) / "last.pt")
+            tune.report(numbers, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    return callback
+
+
+def test_metrics(state: dict[str, Any], store: str, eval_sets: list[str], split: str,
+                 device: str) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
+    """``test/<set>/<metric>`` means with CIs, and per-volume rows per evaluation set."""
+    out: dict[str, float] = {}
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for eval_set in eval_sets:
+        mods = tuple(eval_set.split(","))
+        key = validation.modality_key(mods)
+        results = validation.evaluate_checkpoint(state, store, mods, split, resolve_device(device))
+        rows[key] = [r.row() for r in results]
+        for name, fn in metrics.METRICS.items():
+            s = metrics.summarize([fn(r.counts) for r in results])
+            out.update({f"test/{key}/{name}": s.mean, f"test/{key}/{name}_ci_low": s.ci_low,
+                        f"test/{key}/{name}_ci_high": s.ci_high})
+            if name == "dice":
+                out[f"test/{key}/n_volumes"] = s.n
+                out[f"test/{key}/n_excluded"] = s.n_excluded
+    return out, rows
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Ray Tune entry point. ``config["trial"]`` is one prepared cell (see runner)."""
+    import torch
+    from ray import tune
+
+    cell = config["trial"]
+    _inject_fault(cell["name"])
+    torch.set_num_threads(max(1, int(cell["threads"])))
+    spec_config = dict(cell["config"])
+    if cell.get("source_checkpoint"):
+        spec_config["transfer"] = {**spec_config["transfer"], "source": cell["source_checkpoint"]}
+    cfg = from_dict(spec_config)
+    if cell["device"] != "auto":
+        cfg = cfg.replace({"train.device": cell["device"]})
+    out_dir = Path(cell["trial_dir"])
+    final: dict[str, Any] = {}
+    if cell["kind"] == "evaluate":
+        state = load_checkpoint(cell["source_checkpoint"])
+    else:
+        _restore_from_tune(out_dir)
+        result = fit(cfg, out_dir, callback=_epoch_reporter(cell.get("tune_checkpoints", True)),
+                     store_info=cell["store_info"])
+        state = load_checkpoint(result.best_path)
+        final.update({"best/val_dice": result.best_score, "best/epoch": result.best_epoch,
+                      "train/epochs": result.epochs, "train/steps": result.steps})
+        final["tags"] = {"best_checkpoint": str(result.best_path), "stopped": result.stopped,
+                         "init_digest": result.init_digest,
+                         "best_digest": weights_digest(state["segmentor"], state["critic"])}
+    test, rows = test_metrics(state, cfg.data.store, list(cell["eval_modalities"]),
+                              cell["eval_split"], cfg.train.device)
+    final.update(test)
+    final["per_volume"] = json.dumps(rows)
+    final[FINAL_KEY] = 1
+    tune.report({**final, "tags": json.dumps(final.get("tags", {}))})

@@ -1,0 +1,177 @@
+"""predict on the shared real BraTS samples with an untrained tiny checkpoint, and the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.config import CONFIG_DIR, ExperimentConfig, load_config
+from core.errors import CheckpointError, DataError, UserError
+from core.inference import predict_case, predict_to_file
+from core.model import build_networks
+
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/brats-samples"
+CASES = {
+    "2018": SAMPLES / "brats2018" / "Brats18_CBICA_ABM_1",
+    "2023": SAMPLES / "brats2023" / "BraTS-GLI-00000-000",
+}
+FLAIR = {"2018": "Brats18_CBICA_ABM_1_flair.nii.gz", "2023": "BraTS-GLI-00000-000-t2f.nii.gz"}
+ALL = ["flair", "t1", "t1c", "t2"]
+
+
+def _config(modalities: list[str], eval_crop: int) -> ExperimentConfig:
+    overrides = {"data.modalities": modalities, "data.eval_crop": eval_crop,
+                 "data.train_crop": eval_crop, "model.width": 0.125}
+    if (CONFIG_DIR / "train" / "smoke.yaml").exists():
+        return load_config("smoke", overrides=overrides)
+    return ExperimentConfig().replace(overrides)
+
+
+def make_checkpoint(path: Path, modalities: list[str], crop: list[int], eval_crop: int,
+                    **extra: Any) -> dict[str, Any]:
+    """An untrained checkpoint in the trainer's format (no training needed)."""
+    cfg = _config(modalities, eval_crop)
+    net = build_networks(len(modalities), cfg.model)
+    save_checkpoint(path, {
+        "config": cfg.to_dict(), "in_channels": len(modalities), "modalities": modalities,
+        "preprocessing": {"crop": crop, "low_pct": 2.0, "high_pct": 98.0, **extra},
+        "segmentor": net.segmentor.state_dict(), "critic": net.critic.state_dict(),
+        "epoch": 0, "step": 0, "best_score": 0.0, "best_epoch": 0,
+    })
+    return load_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    return path, make_checkpoint(path, ALL, [64, 64, 32], 32)
+
+
+@pytest.fixture(autouse=True)
+def _needs_samples() -> None:
+    if not SAMPLES.is_dir():
+        pytest.skip(f"shared BraTS samples not found at {SAMPLES}")
+
+
+@pytest.mark.parametrize("release", ["2018", "2023"])
+def test_predict_case_in_original_grid(ckpt: tuple[Path, dict[str, Any]], release: str) -> None:
+    mask, prob, affine, header = predict_case(ckpt[1], CASES[release])
+    ref = nib.load(str(CASES[release] / FLAIR[release]))
+    assert mask.shape == prob.shape == (240, 240, 155) == ref.shape
+    assert mask.dtype == np.uint8 and prob.dtype == np.float32
+    assert set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(affine, ref.affine)
+    # crop (64, 64, 32) centred: x, y in [88, 152), z in [61, 93); zero outside
+    inside = np.zeros(mask.shape, dtype=bool)
+    inside[88:152, 88:152, 61:93] = True
+    assert not mask[~inside].any() and not prob[~inside].any()
+    assert prob[inside].min() > 0.0 and prob.max() <= 1.0
+    np.testing.assert_array_equal(mask, (prob >= 0.5).astype(np.uint8))
+
+
+def test_crop_not_divisible_by_16_uses_eval_crop(tmp_path: Path) -> None:
+    state = make_checkpoint(tmp_path / "c.pt", ALL, [72, 72, 32], 32)
+    _, prob, _, _ = predict_case(state, CASES["2018"])
+    # stored crop x, y in [84, 156); the network saw the centre 32: [104, 136)
+    window = np.zeros(prob.shape, dtype=bool)
+    window[104:136, 104:136, 61:93] = True
+    assert not prob[~window].any() and prob[window].min() > 0.0
+
+
+def test_predict_to_file_writes_original_geometry(ckpt: tuple[Path, dict[str, Any]],
+                                                  tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "mask.nii.gz"
+    summary = predict_to_file(ckpt[1], CASES["2023"], out, save_prob=True)
+    ref = nib.load(str(CASES["2023"] / FLAIR["2023"]))
+    img, pimg = nib.load(str(out)), nib.load(summary["prob"])
+    assert img.shape == ref.shape and img.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(img.affine, ref.affine)
+    assert img.header.get_zooms() == ref.header.get_zooms()
+    assert int(np.asarray(img.dataobj).sum()) == summary["voxels"]
+    assert pimg.get_data_dtype() == np.float32 and summary["prob"].endswith("mask_prob.nii.gz")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mask.nii.gz", "mask_prob.nii.gz"]
+
+
+def test_unimodal_model_with_explicit_file(tmp_path: Path) -> None:
+    state = make_checkpoint(tmp_path / "t2.pt", ["t2"], [64, 64, 32], 32)
+    mask, _, _, _ = predict_case(state, {"t2": CASES["2018"] / "Brats18_CBICA_ABM_1_t2.nii.gz"})
+    assert mask.shape == (240, 240, 155)
+
+
+def test_missing_modalities_are_named(ckpt: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    case = tmp_path / "Brats18_Partial_1"
+    case.mkdir()
+    for m in ("flair", "t1"):
+        shutil.copy(CASES["2018"] / f"Brats18_CBICA_ABM_1_{m}.nii.gz", case / f"{case.name}_{m}.nii.gz")
+    with pytest.raises(DataError, match=r"Brats18_Partial_1: missing modalities .*t1c, t2"):
+        predict_case(ckpt[1], case)
+    with pytest.raises(DataError, match=r"missing modalities .*t1c, t2"):
+        predict_case(ckpt[1], {"flair": case / f"{case.name}_flair.nii.gz"})
+
+
+def test_unknown_preprocessing_key_is_refused(tmp_path: Path) -> None:
+    state = make_checkpoint(tmp_path / "x.pt", ALL, [64, 64, 32], 32, gamma=2.0)
+    with pytest.raises(CheckpointError, match="gamma"):
+        predict_case(state, CASES["2018"])
+
+
+def test_resolve_run_checkpoint_reads_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.predict_cli import resolve_run_checkpoint
+
+    runs = {"r1": {"best_checkpoint": "/abs/best.pt"}, "r2": {}}
+
+    class FakeClient:  # the part of mlflow.tracking.MlflowClient the resolver uses
+        def __init__(self, tracking_uri: str | None = None) -> None:
+            self.uri = tracking_uri
+
+        def get_run(self, run_id: str) -> Any:
+            if run_id not in runs:
+                raise RuntimeError(f"Run with id={run_id} not found")
+            return types.SimpleNamespace(data=types.SimpleNamespace(tags=runs[run_id]))
+
+    fake = types.ModuleType("mlflow.tracking")
+    fake.MlflowClient = FakeClient  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mlflow", types.ModuleType("mlflow"))
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", fake)
+    assert resolve_run_checkpoint("r1", "sqlite:///x.db") == Path("/abs/best.pt")
+    with pytest.raises(CheckpointError, match="r2.*best_checkpoint"):
+        resolve_run_checkpoint("r2")
+    with pytest.raises(UserError, match="nope.*not found"):
+        resolve_run_checkpoint("nope")
+
+
+def test_cli_predict_batch_then_evaluate(ckpt: tuple[Path, dict[str, Any]], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import run_study
+
+    # other subcommand modules may not exist yet in this checkout: register what does
+    present = {k: v for k, v in run_study.COMMANDS.items() if importlib.util.find_spec(v)}
+    monkeypatch.setattr(run_study, "COMMANDS", present)
+    out = tmp_path / "masks"
+    rc = run_study.main(["predict", "--checkpoint", str(ckpt[0]), "--input",
+                         str(SAMPLES / "brats2018"), "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "Brats18_2013_11_1.nii.gz", "Brats18_CBICA_ABM_1.nii.gz"]
+    assert "[2/2] Brats18_CBICA_ABM_1" in capsys.readouterr().err
+    rc = run_study.main(["evaluate", "--pred", str(out), "--truth", str(SAMPLES / "brats2018"),
+                         "--region", "wt", "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["case_id"] for r in result["cases"]] == ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1"]
+    assert result["summary"]["dice"]["n"] == 2 and result["truth_only"] == []
+    # a user error is one line on stderr and exit code 2
+    rc = run_study.main(["predict", "--checkpoint", str(ckpt[0]), "--input",
+                         str(SAMPLES / "brats2018"), "--out", str(tmp_path / "one.nii.gz")])
+    assert rc == 2 and "must be a folder" in capsys.readouterr().err
