@@ -23,8 +23,8 @@ COMMANDS: dict[str, str] = {
     "prepare": "core.data.commands",
     "inspect": "core.data.commands",
     "describe-model": "core.commands",
-    "predict": "core.predict_cli",
-    "evaluate": "core.predict_cli",
+    "predict": "study.predict_cli",
+    "evaluate": "study.predict_cli",
     "report": "study.cli",
     "ui": "study.cli",
 }

@@ -30,6 +30,7 @@ from core.errors import CheckpointError, DataError, UserError
 from core.validation import predict_volume
 
 ALIGN = 16  # the segmentor's four stride-2 stages
+REQUIRED_KEYS = ("config", "in_channels", "modalities", "segmentor")
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -98,11 +99,13 @@ def inner_window(size: int, eval_crop: int) -> tuple[int, int]:
     The whole axis when ``size`` is a multiple of 16; else the centred ``eval_crop``
     window (the crop validation used), with the same centre rule as the data module.
     """
+    from core.data.preprocess import centre_offset
+
     if size % ALIGN == 0:
         return 0, size
     if eval_crop > size:
         raise CheckpointError(f"data.eval_crop {eval_crop} is larger than the stored crop {size}")
-    return (size - eval_crop) // 2, eval_crop
+    return centre_offset(size, eval_crop), eval_crop
 
 
 def predict_case(
@@ -119,6 +122,9 @@ def predict_case(
     """
     from core.data.preprocess import preprocess_case, uncrop_to_original
 
+    missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks {', '.join(missing)}; cannot predict with it")
     modalities = tuple(str(m) for m in checkpoint["modalities"])
     params = preprocess_params(checkpoint)
     files = case_files(case_dir, modalities)

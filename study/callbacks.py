@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ray.tune import Callback
@@ -15,8 +16,12 @@ from study.trainable import FINAL_KEY
 class StudyCallback(Callback):
     """Logs each epoch's metrics to the cell's MLflow run; ends runs with a status."""
 
-    def __init__(self, tracker: Tracker, total: int, done_before: int, stage: int) -> None:
+    def __init__(self, tracker: Tracker, total: int, done_before: int, stage: int,
+                 open_run: Callable[[Any], str] | None = None) -> None:
         self.tracker = tracker
+        self.open_run = open_run
+        """Creates the MLflow run of a trial the driver could not know in advance (HPO samples)."""
+        self.run_ids: dict[str, str] = {}
         self.total = total
         self.done = done_before
         self.stage = stage
@@ -30,20 +35,26 @@ class StudyCallback(Callback):
     def _cell(trial: Any) -> dict[str, Any]:
         return trial.config["trial"]
 
+    def run_id(self, trial: Any) -> str:
+        if trial.trial_id not in self.run_ids:
+            cell = self._cell(trial)
+            self.run_ids[trial.trial_id] = cell.get("run_id") or (self.open_run(trial) if self.open_run else "")
+        return self.run_ids[trial.trial_id]
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.run_id(trial)
         self.started[self._cell(trial)["trial_id"]] = time.monotonic()
         self.running = sum(1 for t in trials if t.status == "RUNNING")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         cell = self._cell(trial)
         if result.get(FINAL_KEY):
-            self._final(cell, result)
+            self._final(cell, self.run_id(trial), result)
             return
         metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
-        self.tracker.log_metrics(cell["run_id"], metrics, step=int(result.get("epoch", 0)))
+        self.tracker.log_metrics(self.run_id(trial), metrics, step=int(result.get("epoch", 0)))
 
-    def _final(self, cell: dict[str, Any], result: dict[str, Any]) -> None:
-        run_id = cell["run_id"]
+    def _final(self, cell: dict[str, Any], run_id: str, result: dict[str, Any]) -> None:
         metrics = {k: v for k, v in result.items()
                    if k.startswith(("test/", "best/", "train/epochs", "train/steps"))}
         self.tracker.log_metrics(run_id, metrics, step=int(result.get("train/epochs", 0)))
@@ -57,7 +68,9 @@ class StudyCallback(Callback):
         cell = self._cell(trial)
         final = (trial.last_result or {}).get(FINAL_KEY)
         status = "FINISHED" if final else "KILLED"
-        self.tracker.finish(cell["run_id"], status)
+        if not final:
+            self.tracker.set_tags(self.run_id(trial), {"stopped_by": "scheduler"})
+        self.tracker.finish(self.run_id(trial), status)
         if final:
             self.completed.add(cell["trial_id"])
         self._progress(cell, "done" if final else "stopped", trials, trial.last_result or {})
@@ -66,8 +79,8 @@ class StudyCallback(Callback):
         cell = self._cell(trial)
         reason = _error_line(trial)
         self.failed[cell["trial_id"]] = reason
-        self.tracker.set_tags(cell["run_id"], {"error": reason})
-        self.tracker.finish(cell["run_id"], "FAILED")
+        self.tracker.set_tags(self.run_id(trial), {"error": reason})
+        self.tracker.finish(self.run_id(trial), "FAILED")
         self._progress(cell, f"FAILED ({reason})", trials, {})
 
     def _progress(self, cell: dict[str, Any], what: str, trials: list, result: dict) -> None:

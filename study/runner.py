@@ -16,8 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+
+# Quiet Tune's console tables (the study prints its own progress) and skip its
+# per-trial CSV/JSON/TensorBoard loggers: MLflow is the record.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from study.grids import Grid, TrialSpec
 from study.tracking import Tracker
+
 
 @dataclass
 class Resources:
@@ -26,6 +33,8 @@ class Resources:
     """None: one GPU per trial when the cluster has GPUs, else none."""
     max_concurrent: int = 0
     max_failures: int = 1
+    inject_failure: str = ""
+    """Comma-separated name substrings: matching trials fail at start (fault drills, tests)."""
 
 
 @dataclass
@@ -85,6 +94,7 @@ class StudyRunner:
             "trial_dir": str((self.study_dir / "trials" / spec.trial_id).resolve()),
             "threads": max(1, int(self.resources.cpus_per_trial)),
             "device": "cuda" if gpus > 0 else "cpu",
+            "inject_failure": self.resources.inject_failure,
         }
 
     def run_stage(self, number: int, stage: list[TrialSpec]) -> StageOutcome:
@@ -183,8 +193,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> str:
            if k.startswith(("MLFLOW_", "SEGAN_")) or k in ("PYTHONPATH",)}
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
-                              "ignore_reinit_error": True}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False}
+    if ray.is_initialized():  # e.g. a test session or a notebook that started Ray already
+        return _existing_dashboard_url()
     if address:
         ctx = ray.init(address=address, **kwargs)
     else:
@@ -194,6 +205,16 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> str:
     if url and not url.startswith("http"):
         url = f"http://{url}"
     return url
+
+
+def _existing_dashboard_url() -> str:
+    try:
+        from ray._private import worker
+
+        url = worker.get_dashboard_url()
+    except Exception:  # noqa: BLE001 - private API; the URL is only informative
+        return ""
+    return f"http://{url}" if url and not url.startswith("http") else (url or "")
 
 
 def print_dashboard(url: str) -> None:

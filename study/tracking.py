@@ -20,6 +20,9 @@ from core.config import flatten
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# No phoning home from a study (the machines may have no internet at all).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
@@ -97,7 +100,8 @@ class Tracker:
             self.client.set_tag(run_id, "resumed_by", self.parent_id or "")
             return str(run_id)
         all_tags = {**tags, "role": "trial", "mlflow.parentRunId": self.parent_id or ""}
-        run = self.client.create_run(self.experiment_id, run_name=spec.name, tags=all_tags)
+        run = self.client.create_run(self.experiment_id, run_name=all_tags.get("mlflow.runName", spec.name),
+                                     tags=all_tags)
         run_id = run.info.run_id
         params = {k: _param(v) for k, v in flatten(spec.config).items()}
         params["eval_modalities"] = ";".join(spec.eval_modalities)

@@ -17,21 +17,24 @@ from typing import Any
 
 from core import metrics, validation
 from core.checkpoint import load_checkpoint, weights_digest
-from core.config import from_dict
+from core.config import from_dict, merge, unflatten
 from core.trainer import fit, resolve_device
 
 FINAL_KEY = "trial/final"
-FAULT_ENV = "SEGAN_FAIL_TRIALS"
-"""Fault injection for tests and drills: a trial whose name contains one of these
-comma-separated substrings fails at start (exercises the failure and skip paths)."""
 
 
-def _inject_fault(name: str) -> None:
-    import os
-
-    for token in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+def _inject_fault(name: str, patterns: str) -> None:
+    """Fault drill: fail at start when the trial name contains one of ``patterns``."""
+    for token in filter(None, patterns.split(",")):
         if token in name:
-            raise RuntimeError(f"deliberate failure: {FAULT_ENV} matches {token!r}")
+            raise RuntimeError(f"deliberate failure (--inject-failure {token!r})")
+
+
+def sampled_id(sampled: dict[str, Any]) -> str:
+    """Identity of one HPO sample (its values), used for its folder and MLflow tag."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(sampled, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _restore_from_tune(out_dir: Path) -> None:
@@ -88,15 +91,19 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     cell = config["trial"]
-    _inject_fault(cell["name"])
+    _inject_fault(cell["name"], cell.get("inject_failure", ""))
     torch.set_num_threads(max(1, int(cell["threads"])))
     spec_config = dict(cell["config"])
+    if config.get("sampled"):  # HPO: the searcher's values overlay the cell's config
+        spec_config = merge(spec_config, unflatten(config["sampled"]))
     if cell.get("source_checkpoint"):
         spec_config["transfer"] = {**spec_config["transfer"], "source": cell["source_checkpoint"]}
     cfg = from_dict(spec_config)
     if cell["device"] != "auto":
         cfg = cfg.replace({"train.device": cell["device"]})
     out_dir = Path(cell["trial_dir"])
+    if config.get("sampled"):
+        out_dir = out_dir / sampled_id(config["sampled"])
     final: dict[str, Any] = {}
     if cell["kind"] == "evaluate":
         state = load_checkpoint(cell["source_checkpoint"])

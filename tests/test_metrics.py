@@ -57,7 +57,7 @@ def test_summary_excludes_and_counts_nan_volumes():
     assert s.mean == pytest.approx(0.7)
     assert (s.n, s.n_excluded) == (3, 1)
     assert s.ci_low <= s.mean <= s.ci_high
-    assert 0.5 <= s.ci_low and s.ci_high <= 0.9
+    assert s.ci_low >= 0.5 and s.ci_high <= 0.9
 
 
 def test_bootstrap_ci_shrinks_with_more_volumes_and_is_seeded():

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -123,31 +120,26 @@ def test_unknown_preprocessing_key_is_refused(tmp_path: Path) -> None:
     state = make_checkpoint(tmp_path / "x.pt", ALL, [64, 64, 32], 32, gamma=2.0)
     with pytest.raises(CheckpointError, match="gamma"):
         predict_case(state, CASES["2018"])
+    del state["preprocessing"]
+    with pytest.raises(CheckpointError, match="no 'preprocessing'"):
+        predict_case(state, CASES["2018"])
 
 
-def test_resolve_run_checkpoint_reads_tag(monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.predict_cli import resolve_run_checkpoint
+def test_resolve_run_checkpoint_reads_tag(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
 
-    runs = {"r1": {"best_checkpoint": "/abs/best.pt"}, "r2": {}}
+    from study.predict_cli import resolve_run_checkpoint
 
-    class FakeClient:  # the part of mlflow.tracking.MlflowClient the resolver uses
-        def __init__(self, tracking_uri: str | None = None) -> None:
-            self.uri = tracking_uri
-
-        def get_run(self, run_id: str) -> Any:
-            if run_id not in runs:
-                raise RuntimeError(f"Run with id={run_id} not found")
-            return types.SimpleNamespace(data=types.SimpleNamespace(tags=runs[run_id]))
-
-    fake = types.ModuleType("mlflow.tracking")
-    fake.MlflowClient = FakeClient  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mlflow", types.ModuleType("mlflow"))
-    monkeypatch.setitem(sys.modules, "mlflow.tracking", fake)
-    assert resolve_run_checkpoint("r1", "sqlite:///x.db") == Path("/abs/best.pt")
-    with pytest.raises(CheckpointError, match="r2.*best_checkpoint"):
-        resolve_run_checkpoint("r2")
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    with_tag = client.create_run(exp, tags={"best_checkpoint": "/abs/best.pt"}).info.run_id
+    without = client.create_run(exp).info.run_id
+    assert resolve_run_checkpoint(with_tag, uri) == Path("/abs/best.pt")
+    with pytest.raises(CheckpointError, match=f"{without}.*best_checkpoint"):
+        resolve_run_checkpoint(without, uri)
     with pytest.raises(UserError, match="nope.*not found"):
-        resolve_run_checkpoint("nope")
+        resolve_run_checkpoint("nope", uri)
 
 
 def test_cli_predict_batch_then_evaluate(ckpt: tuple[Path, dict[str, Any]], tmp_path: Path,
@@ -155,9 +147,6 @@ def test_cli_predict_batch_then_evaluate(ckpt: tuple[Path, dict[str, Any]], tmp_
                                          capsys: pytest.CaptureFixture[str]) -> None:
     import run_study
 
-    # other subcommand modules may not exist yet in this checkout: register what does
-    present = {k: v for k, v in run_study.COMMANDS.items() if importlib.util.find_spec(v)}
-    monkeypatch.setattr(run_study, "COMMANDS", present)
     out = tmp_path / "masks"
     rc = run_study.main(["predict", "--checkpoint", str(ckpt[0]), "--input",
                          str(SAMPLES / "brats2018"), "--out", str(out), "--device", "cpu"])

@@ -1,0 +1,35 @@
+"""Shared pytest fixtures (append new fixtures; keep each small)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# ---------------------------------------------------------------- data fixtures
+# Real BraTS samples live beside the repository (../shared/data/brats-samples), never in it.
+BRATS_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats-samples"
+
+
+@pytest.fixture(scope="session")
+def brats_samples() -> Path:
+    """Folder of the three real BraTS sample cases (2018 and 2023 naming); skip if absent."""
+    if not BRATS_SAMPLES.is_dir():
+        pytest.skip(f"real BraTS samples not found at {BRATS_SAMPLES}")
+    return BRATS_SAMPLES
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default synthetic store (24 cases, crop 80x80x32, 16/4/4 split), built once."""
+    from core.data.synthetic import ensure_synthetic_store
+
+    return ensure_synthetic_store(tmp_path_factory.mktemp("synthetic-data"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_nifti(synthetic_store: Path) -> Path:
+    """Root of the synthetic cases as NIfTI files (BraTS 2018 layout) behind synthetic_store."""
+    from core.data.synthetic import synthetic_raw_dir
+
+    return synthetic_raw_dir(synthetic_store.parent)
