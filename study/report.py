@@ -29,7 +29,7 @@ import re
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ import numpy as np
 
 from core.config import MODALITIES
 from core.metrics import paired_difference, summarize
+from study.report_plots import FIGURE_PATTERNS, draw_figures, render_markdown, report_summary_lines
 
 METRIC_NAMES = ("dice", "precision", "sensitivity")
 VARIANT_LABELS = {"segan": "SegAN", "segan-dice": "SegAN + dice", "segan-cat": "SegAN-CAT"}
@@ -128,28 +129,22 @@ class PerVolume:
         self.missing: set[str] = set()
 
     def rows(self, run_id: str, key: str) -> list[dict[str, Any]]:
-        if run_id not in self.cache:
-            self.cache[run_id] = self._load(run_id)
-        return self.cache[run_id].get(key, [])
-
-    def _load(self, run_id: str) -> dict[str, list[dict[str, Any]]]:
         import mlflow.artifacts
 
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="per_volume.json", tracking_uri=self.tracking_uri)
-            return dict(json.loads(Path(path).read_text()))
-        except Exception:  # noqa: BLE001 - a missing artifact leaves the per-volume CI out
-            self.missing.add(run_id)
-            return {}
+        if run_id not in self.cache:
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path="per_volume.json", tracking_uri=self.tracking_uri)
+                self.cache[run_id] = dict(json.loads(Path(path).read_text()))
+            except Exception:  # noqa: BLE001 - a missing artifact only leaves per-volume stats out
+                self.missing.add(run_id)
+                self.cache[run_id] = {}
+        return self.cache[run_id].get(key, [])
 
     def values(self, run_id: str, key: str, metric: str) -> dict[str, float]:
-        """case_id -> metric value (NaN when undefined)."""
-        return {str(r["case_id"]): _float(r.get(metric)) for r in self.rows(run_id, key)}
-
-
-def _float(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) else math.nan
+        """case_id -> metric value (NaN when undefined: NaN or null in the file)."""
+        return {str(r["case_id"]): float(r[metric]) if isinstance(r.get(metric), (int, float)) else math.nan
+                for r in self.rows(run_id, key)}
 
 
 # -- statistics ---------------------------------------------------------------
@@ -185,7 +180,7 @@ def by_seed(runs: Iterable[TrialRun]) -> dict[str, TrialRun]:
     for r in runs:
         if r.status == "FINISHED" and (r.seed not in out or r.start_time > out[r.seed].start_time):
             out[r.seed] = r
-    return dict(sorted(out.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0, kv[0])))
+    return dict(sorted(out.items(), key=lambda kv: (len(kv[0]), kv[0])))  # "2" before "10"
 
 
 def cell_stats(runs: Iterable[TrialRun], key: str, metric: str, vols: PerVolume) -> dict[str, Any] | None:
@@ -240,10 +235,10 @@ def paired_vs_scratch(transfer: Iterable[TrialRun], scratch: Iterable[TrialRun],
 
 def gain_over_scratch(transfer: Iterable[TrialRun], scratch: Iterable[TrialRun], key: str) -> dict[str, Any] | None:
     """Difference of the logged mean dice, transfer − scratch, per common seed, then averaged."""
-    t_runs, s_runs = by_seed(transfer), by_seed(scratch)
-    diffs = {s: t_runs[s].metric(key, "dice") - s_runs[s].metric(key, "dice")  # type: ignore[operator]
-             for s in t_runs if s in s_runs
-             and None not in (t_runs[s].metric(key, "dice"), s_runs[s].metric(key, "dice"))}
+    s_runs = by_seed(scratch)
+    pairs = {s: (r.metric(key, "dice"), s_runs[s].metric(key, "dice"))
+             for s, r in by_seed(transfer).items() if s in s_runs}
+    diffs = {s: a - b for s, (a, b) in pairs.items() if a is not None and b is not None}
     if not diffs:
         return None
     lo, hi = seed_interval(diffs.values())
@@ -259,7 +254,6 @@ class Sections:
     runs: list[TrialRun]
     region: str
     vols: PerVolume
-    notes: list[str] = field(default_factory=list)
 
     def select(self, kind: str, pred: Callable[[TrialRun], bool]) -> list[TrialRun]:
         return [r for r in self.runs if r.status == "FINISHED" and r.tag("kind") == kind
@@ -306,8 +300,8 @@ class Sections:
                    "dice": cell_stats(runs, m, "dice", self.vols)}
                   for m, runs in uni.items() if (m, m) not in have and evals]
         cells = [c for c in cells if c["dice"]]
-        labels = _modalities({c["trained_on"] for c in cells} | {c["evaluated_on"] for c in cells})
-        return {"rows": labels, "cols": labels, "cells": cells}
+        return {"rows": _modalities({c["trained_on"] for c in cells}),
+                "cols": _modalities({c["evaluated_on"] for c in cells}), "cells": cells}
 
     def transfers(self) -> dict[str, Any]:
         runs = self.select("transfer", lambda r: r.tag("variant", "segan-cat") == "segan-cat")
@@ -322,11 +316,12 @@ class Sections:
                           "scratch": cell_stats(base, tgt, "dice", self.vols),
                           "gain": gain_over_scratch(cell_runs, base, tgt),
                           "paired": paired_vs_scratch(cell_runs, base, tgt, self.vols)})
-        freezes = sorted({c["freeze"] for c in cells}, key=lambda f: _index(["full", "s_din", "s_only", "decoder_only"], f))
+        order = ["full", "s_din", "s_only", "decoder_only"]
         scratch_cells = {t: cell_stats(v, t, "dice", self.vols) for t, v in scratch.items()}
-        return {"cells": cells, "freezes": freezes, "modalities": _modalities(
-            {c["source"] for c in cells} | {c["target"] for c in cells} | set(scratch_cells)),
-            "scratch": {k: v for k, v in scratch_cells.items() if v}}
+        return {"cells": cells, "freezes": sorted({c["freeze"] for c in cells}, key=lambda f: _index(order, f)),
+                "sources": _modalities({c["source"] for c in cells}),
+                "targets": _modalities({c["target"] for c in cells}),
+                "scratch": {k: v for k, v in scratch_cells.items() if v}}
 
     def build(self) -> dict[str, Any]:
         transfers = self.transfers()
@@ -401,9 +396,9 @@ def _header(parents: list[Any], runs: list[TrialRun], context: dict[str, Any]) -
                  "killed": sum(r.status == "KILLED" for r in runs) - len(skipped),
                  "unfinished": sum(r.status not in ("FINISHED", "FAILED", "KILLED") for r in runs)},
     }
-    for key in ("grids", "budgets", "data", "hardware"):  # context fills what MLflow lacks
-        if not header[key] and context.get(key.rstrip("s")):
-            header[key] = [f"{context[key.rstrip('s')]} (from the report's caller)"]
+    for key, ctx_key in (("grids", "grid"), ("budgets", "budget"), ("data", "data"), ("hardware", "hardware")):
+        if not header[key] and context.get(ctx_key):  # context fills what MLflow lacks
+            header[key] = [f"{context[ctx_key]} (from the report's caller)"]
     header["synthetic"] = bool(context.get("synthetic")) or any("synthetic" in d for d in header["data"])
     header["notes"] = [str(context["note"])] if context.get("note") else []
     return header
@@ -419,9 +414,9 @@ def _problems(runs: list[TrialRun]) -> list[dict[str, str]]:
 def _hpo(runs: list[TrialRun]) -> dict[str, Any] | None:
     """HPO trials: how many, and the best by validation dice (they never enter the tables)."""
     hpo = [r for r in runs if r.tag("family") == "hpo" and r.status == "FINISHED"]
-    scored = [r for r in hpo if math.isfinite(r.metrics.get("best/val_dice", math.nan))]
     if not hpo:
         return None
+    scored = [r for r in hpo if math.isfinite(r.metrics.get("best/val_dice", math.nan))]
     best = max(scored, key=lambda r: r.metrics["best/val_dice"]) if scored else None
     return {"n_trials": len(hpo), "best_run_id": best.run_id if best else None,
             "best_name": best.name if best else None,
@@ -474,44 +469,16 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path,
     ``grid``), may flag ``synthetic`` data and add a ``note``. Returns the path of
     ``report.md``. Raises ``UserError`` if the experiment does not exist.
     """
-    from study import report_plots
-
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(tracking_uri, experiment, context)
-    report["figures"] = report_plots.draw_figures(report, out_dir)
+    report["figures"] = draw_figures(report, out_dir)
+    for pattern in FIGURE_PATTERNS:  # heatmaps of an earlier report that this one no longer has
+        for stale in set(out_dir.glob(pattern)) - {out_dir / f for f in report["figures"].values()}:
+            stale.unlink()
     _write_text(out_dir / "report.json", json.dumps(report, indent=2))
-    _write_text(out_dir / "report.md", report_plots.render_markdown(report))
+    _write_text(out_dir / "report.md", render_markdown(report))
     return out_dir / "report.md"
 
 
-def report_summary_lines(report_path: Path) -> list[str]:
-    """A few lines for the CLI: run counts, Table I and II dice, transfer vs scratch.
-
-    ``report_path`` is the report folder, ``report.md`` or ``report.json``.
-    """
-    from study.report_plots import fmt_cell, modality_label
-
-    path = Path(report_path)
-    path = path / "report.json" if path.is_dir() else path.with_suffix(".json")
-    report = json.loads(path.read_text())
-    h = report["header"]
-    lines = [f"runs: {h['runs']['finished']} finished, {h['runs']['failed']} failed, "
-             f"{h['runs']['skipped']} skipped; numbers from the {'/'.join(h['eval_splits']) or '?'} split"]
-    for region, sec in report["regions"].items():
-        tag = "" if region == "wt" else f" ({region})"
-        if sec["table1"]:
-            lines.append(f"Table I dice{tag}: " + " | ".join(
-                f"{r['label']} {fmt_cell(r['dice'])}" for r in sec["table1"]))
-        if sec["table2"]:
-            lines.append(f"Table II dice{tag}: " + " | ".join(
-                f"{modality_label(r['modality'])} {fmt_cell(r['dice'])}" for r in sec["table2"]))
-        paired = [c for c in sec["transfer"]["cells"] if c["paired"] and c["paired"]["mean_diff"] is not None]
-        if paired:
-            best = max(paired, key=lambda c: c["paired"]["mean_diff"])
-            better = sum(c["paired"]["verdict"] == "transfer better" for c in paired)
-            p = best["paired"]
-            lines.append(f"transfer vs scratch{tag}: {better}/{len(paired)} cells better (95% CI > 0); "
-                         f"largest gain {modality_label(best['source'])}→{modality_label(best['target'])} "
-                         f"{best['freeze']} {p['mean_diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]")
-    return lines
+__all__ = ["build_report", "load_runs", "report_summary_lines", "write_report"]

@@ -8,6 +8,7 @@ no display needed.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ MODALITY_LABELS = {"flair": "FLAIR", "t1": "T1", "t1c": "T1c", "t2": "T2"}
 FREEZE_LABELS = {"full": "(S, D) = full", "s_din": "(S, Din) = s_din", "s_only": "S only (critic frozen)",
                  "decoder_only": "decoder only", "scratch": "from scratch"}
 NONE = "—"
+FIGURE_PATTERNS = ("fig2_cross_modality*.png", "transfer_dice_*.png", "transfer_gain_*.png")
 
 
 # -- numbers --------------------------------------------------------------------
@@ -77,8 +79,7 @@ def heatmap(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str], ti
     fig = Figure(figsize=(1.3 * len(cols) + 2.2, 1.0 * len(rows) + 1.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    cmap = colormaps["RdBu" if diverging else "viridis"].copy()
-    cmap.set_bad("#dddddd")
+    cmap = colormaps["RdBu" if diverging else "viridis"].with_extremes(bad="#dddddd")
     finite = matrix[np.isfinite(matrix)]
     span = max(0.05, float(np.abs(finite).max())) if diverging and finite.size else 1.0
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-span if diverging else 0.0, vmax=span)
@@ -123,7 +124,6 @@ def draw_figures(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
                     "evaluated on", "trained on")
             out[f"{region}/cross_modality"] = name
         tr = sec["transfer"]
-        mods = tr["modalities"]
         for freeze in tr["freezes"]:
             cells = [c for c in tr["cells"] if c["freeze"] == freeze]
             label = FREEZE_LABELS.get(freeze, freeze)
@@ -132,8 +132,9 @@ def draw_figures(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
                     ("gain", lambda c: c["gain"]["gain"] if c["gain"] else None, True)):
                 name = f"transfer_{what}_{freeze}{sfx}.png"
                 title = (f"Transfer dice, {label}" if what == "dice" else f"Gain over scratch, {label}")
-                heatmap(out_dir / name, _matrix(cells, mods, mods, "source", "target", value), mods, mods,
-                        title + region_title, "target", "source", diverging)
+                matrix = _matrix(cells, tr["sources"], tr["targets"], "source", "target", value)
+                heatmap(out_dir / name, matrix, tr["sources"], tr["targets"], title + region_title,
+                        "target", "source", diverging)
                 out[f"{region}/transfer_{what}/{freeze}"] = name
     return out
 
@@ -217,8 +218,8 @@ def _cross_md(sec: dict[str, Any], title: str, figure: str | None) -> str:
                                    if (r, c) in cells else NONE for c in cross["cols"]] for r in cross["rows"]]
     table = _table(["trained on \\ evaluated on", *map(modality_label, cross["cols"])], rows)
     seeds = seeds_text(*(c["dice"] for c in cross["cells"]))
-    return (f"{head}\n\n![cross-modality dice]({figure})\n\n{table}\n\n* = the unimodal run's own test "
-            f"key (no evaluate run for that cell). {seeds} per cell at most. {_excluded_md(sec, 'cross_modality')}")
+    return (f"{head}\n\n![cross-modality dice]({figure})\n\n{table}\n\nCells marked \\* come from the "
+            f"unimodal run's own test key (no evaluate run for that cell). {seeds} per cell at most. {_excluded_md(sec, 'cross_modality')}")
 
 
 def _table3_md(sec: dict[str, Any], title: str) -> str:
@@ -249,7 +250,8 @@ def _transfer_md(sec: dict[str, Any], title: str, figures: dict[str, str], regio
     for c in tr["cells"]:
         p, g = c["paired"], c["gain"]
         rows.append([f"{modality_label(c['source'])} → {modality_label(c['target'])}", FREEZE_LABELS.get(c["freeze"], c["freeze"]),
-                     fmt_cell(c["dice"]), fmt_cell(c["scratch"]), num(g["gain"], True) if g else NONE,
+                     fmt_cell(c["dice"]), fmt_cell(c["scratch"]),
+                     num(g["gain"], True) + interval(g["seed_ci_low"], g["seed_ci_high"], True) if g else NONE,
                      (num(p["mean_diff"], True) + interval(p["ci_low"], p["ci_high"], True)) if p else NONE,
                      f"{p['n_pairs']} ({p['n_excluded']})" if p else NONE,
                      seeds_text(c["dice"]), p["verdict"] if p else "no scratch run with the same seed"])
@@ -289,3 +291,34 @@ def render_markdown(report: dict[str, Any]) -> str:
                   _transfer_md(sec, title, figures, region, report["statistics"]["paired_ci"])]
     tail = _tail_md(report)
     return "\n\n".join(parts + ([tail] if tail else [])) + "\n"
+
+
+# -- console summary ---------------------------------------------------------------
+def report_summary_lines(report_path: Path) -> list[str]:
+    """A few lines for the CLI: run counts, Table I and II dice, transfer vs scratch.
+
+    ``report_path`` is the report folder, ``report.md`` or ``report.json``.
+    """
+    path = Path(report_path)
+    path = path / "report.json" if path.is_dir() else path.with_suffix(".json")
+    report = json.loads(path.read_text())
+    h = report["header"]
+    lines = [f"runs: {h['runs']['finished']} finished, {h['runs']['failed']} failed, "
+             f"{h['runs']['skipped']} skipped; numbers from the {'/'.join(h['eval_splits']) or '?'} split"]
+    for region, sec in report["regions"].items():
+        tag = "" if region == "wt" else f" ({region})"
+        if sec["table1"]:
+            lines.append(f"Table I dice{tag}: " + " | ".join(
+                f"{r['label']} {fmt_cell(r['dice'])}" for r in sec["table1"]))
+        if sec["table2"]:
+            lines.append(f"Table II dice{tag}: " + " | ".join(
+                f"{modality_label(r['modality'])} {fmt_cell(r['dice'])}" for r in sec["table2"]))
+        paired = [c for c in sec["transfer"]["cells"] if c["paired"] and c["paired"]["mean_diff"] is not None]
+        if paired:
+            best = max(paired, key=lambda c: c["paired"]["mean_diff"])
+            better = sum(c["paired"]["verdict"] == "transfer better" for c in paired)
+            p = best["paired"]
+            lines.append(f"transfer vs scratch{tag}: {better}/{len(paired)} cells better (95% CI > 0); "
+                         f"largest gain {modality_label(best['source'])}→{modality_label(best['target'])} "
+                         f"{best['freeze']} {p['mean_diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]")
+    return lines

@@ -33,3 +33,15 @@ def synthetic_nifti(synthetic_store: Path) -> Path:
     from core.data.synthetic import synthetic_raw_dir
 
     return synthetic_raw_dir(synthetic_store.parent)
+
+
+# ---------------------------------------------------------------- study fixtures
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole suite (starting Ray costs seconds and ~0.6 GB)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=True, logging_level="ERROR")
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,120 @@
+"""End-to-end `smoke` study on the real stack: Ray Tune, MLflow (SQLite), zarr.
+
+One study folder goes through three invocations:
+1. with a deliberately failing source: the failure is recorded, its dependants skipped;
+2. a fresh process interrupted with SIGINT: stops cleanly, leaves no RUNNING run;
+3. the same command again: resumes, and every grid cell ends with exactly one
+   FINISHED run; transfers start from their source's best weights; the report
+   agrees with MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import run_study
+from study.grids import ExpandContext, expand
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+FAILING_SOURCE = "unimodal/segan-cat/t1/"
+
+
+def _runs(study_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    meta = json.loads((study_dir / "study.json").read_text())
+    client = MlflowClient(meta["tracking_uri"])
+    exp = client.get_experiment_by_name(meta["experiment"])
+    return client.search_runs([exp.experiment_id], "tags.role = 'trial'", max_results=1000)
+
+
+def _grid(store: Path):
+    from core.data.store import BratsStore
+
+    sid = BratsStore(store).manifest["store_id"]
+    return expand("smoke", ExpandContext("smoke", str(store), sid, (0,)))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, synthetic_store, ray_session):
+    return tmp_path_factory.mktemp("study"), synthetic_store
+
+
+def _args(study_dir: Path, store: Path, *extra: str) -> list[str]:
+    return ["--grid", "smoke", "--study-dir", str(study_dir), "--data", str(store), *extra]
+
+
+def test_1_failing_source_skips_its_dependants(study):
+    study_dir, store = study
+    rc = run_study.main(_args(study_dir, store, "--inject-failure", FAILING_SOURCE,
+                              "--max-failures", "0", "--no-report"))
+    assert rc == 1
+    by_name = {r.data.tags["mlflow.runName"]: r for r in _runs(study_dir)}
+    failed = by_name[f"{FAILING_SOURCE}wt/seed0"]
+    assert failed.info.status == "FAILED"
+    assert "deliberate failure" in failed.data.tags["error"]
+    dependants = [r for r in by_name.values() if r.data.tags.get("source_trial") == failed.data.tags["trial_id"]]
+    assert len(dependants) == 3  # its cross-evaluation and two transfers t1->flair
+    for r in dependants:
+        assert r.info.status == "KILLED"
+        assert "failed" in r.data.tags["skipped_reason"] and FAILING_SOURCE in r.data.tags["skipped_reason"]
+    others = [r for r in by_name.values() if r not in dependants and r is not failed]
+    assert others and all(r.info.status == "FINISHED" for r in others)
+
+
+def test_2_interrupt_stops_cleanly(study):
+    study_dir, store = study
+    cmd = [sys.executable, str(REPO / "run_study.py"), *_args(study_dir, store, "--no-report")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:  # wait until stage 1 has launched the failed source again
+        lines.append(line)
+        if line.startswith("== stage 1"):
+            time.sleep(3)
+            proc.send_signal(signal.SIGINT)
+            break
+        assert time.monotonic() < deadline, "".join(lines)
+    out, _ = proc.communicate(timeout=240)
+    text = "".join(lines) + out
+    assert proc.returncode == 130, text
+    assert "Re-run the same command to resume" in text
+    assert all(r.info.status != "RUNNING" for r in _runs(study_dir))
+
+
+def test_3_rerun_resumes_without_duplicates(study):
+    study_dir, store = study
+    assert run_study.main(_args(study_dir, store)) == 0
+    runs = _runs(study_dir)
+    grid = _grid(store)
+    counts = Counter(r.data.tags["trial_id"] for r in runs)
+    assert set(counts) == {t.trial_id for t in grid.trials}
+    assert all(n == 1 for n in counts.values()), counts
+    assert all(r.info.status == "FINISHED" for r in runs)
+    by_id = {r.data.tags["trial_id"]: r for r in runs}
+    for t in grid.trials:
+        tags = by_id[t.trial_id].data.tags
+        assert tags["kind"] == t.kind and tags["grid"] == "smoke" and tags["seed"] == "0"
+        assert tags["store_id"] and tags["code_version"] and tags["eval_split"] == "test"
+        if t.kind == "transfer" and t.depends_on:
+            source = by_id[t.depends_on].data.tags
+            assert tags["init_digest"] == source["best_digest"], t.name
+            assert tags["source"] == source["modalities"] and tags["freeze"] in ("full", "s_din")
+    # the report exists and its numbers are MLflow's
+    report = study_dir / "report"
+    assert (report / "report.md").exists()
+    numbers = json.loads((report / "report.json").read_text())
+    assert numbers
+    flair = next(r for r in runs if r.data.tags["mlflow.runName"] == "unimodal/segan-cat/flair/wt/seed0")
+    assert f"{flair.data.metrics['test/flair/dice']:.3f}" in (report / "report.md").read_text()
