@@ -240,7 +240,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}{_suggest(key, names)}")
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value or {}, f"{path}.")
         else:
             kwargs[key] = _coerce(value, tp, path)

@@ -21,9 +21,9 @@ def multiscale_l1(
     if mode == "per_layer":
         return torch.stack([d.mean() for d in diffs]).mean()
     if mode == "global":
-        total = sum(d.sum() for d in diffs)
+        total = torch.stack([d.sum() for d in diffs]).sum()
         count = sum(d.numel() for d in diffs)
-        return total / count  # type: ignore[operator]
+        return total / count
     raise ValueError(f"unknown l1 mode {mode!r}; valid: per_layer, global")
 
 

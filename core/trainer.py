@@ -105,8 +105,8 @@ def build_state(cfg: ExperimentConfig, device: torch.device) -> TrainState:
         load_matching(nets.critic, source["critic"], f"critic from {cfg.transfer.source}")
     apply_strategy(nets.segmentor, nets.critic, strategy)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    seg = nets.segmentor.to(device=device, memory_format=memory_format)
-    crit = nets.critic.to(device=device, memory_format=memory_format)
+    seg = nets.segmentor.to(device).to(memory_format=memory_format)  # type: ignore[call-overload]
+    crit = nets.critic.to(device).to(memory_format=memory_format)  # type: ignore[call-overload]
     opt_s = _rmsprop([p for p in seg.parameters() if p.requires_grad], cfg.optim.lr_s, cfg)
     opt_d = _rmsprop([p for p in crit.parameters() if p.requires_grad], cfg.optim.lr_d, cfg)
     if source is not None and cfg.transfer.carry_optimizer:
@@ -273,11 +273,13 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
         epoch_start = time.monotonic()
         set_train_mode(state.segmentor, state.critic, state.strategy)
         train_set.set_epoch(state.epoch)
-        loader = DataLoader(train_set, batch_size=data.batch_size,
-                            sampler=epoch_indices(len(train_set), data.slices_per_epoch,
-                                                  cfg.train.seed, state.epoch),
-                            drop_last=len(train_set) > data.batch_size,
-                            num_workers=data.num_workers, persistent_workers=False)
+        loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
+            train_set,  # type: ignore[arg-type]
+            batch_size=data.batch_size,
+            sampler=epoch_indices(len(train_set), data.slices_per_epoch, cfg.train.seed, state.epoch),
+            drop_last=len(train_set) > data.batch_size,
+            num_workers=data.num_workers,
+        )
         sums: dict[str, float] = {}
         n = 0
         for image, mask in loader:

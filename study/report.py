@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,9 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from core.config import MODALITIES
+from core.config import MODALITIES, REGIONS
 from core.metrics import paired_difference, summarize
-from study.report_plots import FIGURE_PATTERNS, draw_figures, render_markdown, report_summary_lines
+from study.report_plots import report_summary_lines, write_outputs
+
+__all__ = ["build_report", "load_runs", "report_summary_lines", "write_report"]
+
+# Per-run artifact downloads would each print a progress bar on the CLI.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 METRIC_NAMES = ("dice", "precision", "sensitivity")
 VARIANT_LABELS = {"segan": "SegAN", "segan-dice": "SegAN + dice", "segan-cat": "SegAN-CAT"}
@@ -143,8 +147,11 @@ class PerVolume:
 
     def values(self, run_id: str, key: str, metric: str) -> dict[str, float]:
         """case_id -> metric value (NaN when undefined: NaN or null in the file)."""
-        return {str(r["case_id"]): float(r[metric]) if isinstance(r.get(metric), (int, float)) else math.nan
-                for r in self.rows(run_id, key)}
+        return {str(r["case_id"]): _number(r.get(metric)) for r in self.rows(run_id, key)}
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 # -- statistics ---------------------------------------------------------------
@@ -159,19 +166,18 @@ def seed_interval(values: Iterable[float]) -> tuple[float, float]:
     return (float(v.mean()) - half, float(v.mean()) + half)
 
 
-def _stack(vols: PerVolume, runs: list[TrialRun], key: str, metric: str) -> tuple[list[str], np.ndarray]:
-    """Case ids common to all runs and a (runs, cases) array of their values."""
+def _stack(vols: PerVolume, runs: list[TrialRun], key: str, metric: str) -> np.ndarray:
+    """(runs, cases) array of per-volume values over the case ids all runs share."""
     maps = [vols.values(r.run_id, key, metric) for r in runs]
     cases = sorted(set.intersection(*(set(m) for m in maps))) if maps else []
-    return cases, np.array([[m[c] for c in cases] for m in maps], dtype=float).reshape(len(maps), len(cases))
+    return np.array([[m[c] for c in cases] for m in maps], dtype=float).reshape(len(maps), -1)
 
 
 def _nanmean0(a: np.ndarray) -> np.ndarray:
     """Mean over axis 0 ignoring NaN; NaN where a column has no finite value."""
     finite = np.isfinite(a)
     n = finite.sum(axis=0)
-    total = np.where(finite, a, 0.0).sum(axis=0)
-    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+    return np.where(n > 0, np.where(finite, a, 0.0).sum(axis=0) / np.maximum(n, 1), np.nan)
 
 
 def by_seed(runs: Iterable[TrialRun]) -> dict[str, TrialRun]:
@@ -183,13 +189,15 @@ def by_seed(runs: Iterable[TrialRun]) -> dict[str, TrialRun]:
     return dict(sorted(out.items(), key=lambda kv: (len(kv[0]), kv[0])))  # "2" before "10"
 
 
-def cell_stats(runs: Iterable[TrialRun], key: str, metric: str, vols: PerVolume) -> dict[str, Any] | None:
+def cell_stats(runs: Iterable[TrialRun], key: str, metric: str,
+               vols: PerVolume) -> dict[str, Any] | None:
     """One table cell: ``test/<key>/<metric>`` over the cell's seeds (module docstring)."""
     seeds = {s: r for s, r in by_seed(runs).items() if r.metric(key, metric) is not None}
     if not seeds:
         return None
     per_seed = [{"seed": s, "run_id": r.run_id, "mean": r.metric(key, metric),
-                 "ci_low": r.metric(key, f"{metric}_ci_low"), "ci_high": r.metric(key, f"{metric}_ci_high"),
+                 "ci_low": r.metric(key, f"{metric}_ci_low"),
+                 "ci_high": r.metric(key, f"{metric}_ci_high"),
                  "n_volumes": r.metric(key, "n_volumes"), "n_excluded": r.metric(key, "n_excluded")}
                 for s, r in seeds.items()]
     cell: dict[str, Any] = {"n_seeds": len(per_seed), "seeds": list(seeds), "per_seed": per_seed,
@@ -201,7 +209,7 @@ def cell_stats(runs: Iterable[TrialRun], key: str, metric: str, vols: PerVolume)
                 "seed_ci_low": None, "seed_ci_high": None}
     means = [float(p["mean"]) for p in per_seed]
     lo, hi = seed_interval(means)
-    _, values = _stack(vols, list(seeds.values()), key, metric)
+    values = _stack(vols, list(seeds.values()), key, metric)
     vol = summarize(_nanmean0(values)) if values.size else None
     return {**cell, "mean": float(np.mean(means)), "ci_low": vol.ci_low if vol else None,
             "ci_high": vol.ci_high if vol else None, "seed_ci_low": lo, "seed_ci_high": hi}
@@ -214,27 +222,32 @@ def _sum(values: Iterable[float | None]) -> int | None:
 
 def paired_vs_scratch(transfer: Iterable[TrialRun], scratch: Iterable[TrialRun], key: str,
                       vols: PerVolume) -> dict[str, Any] | None:
-    """Transfer − scratch dice per volume (same seed, same case_id), mean with bootstrap CI."""
+    """Transfer − scratch dice per volume (same seed, same case_id), mean with bootstrap CI.
+
+    With several seeds each side is averaged over seeds per volume first (only over
+    seeds where both are defined), then ``paired_difference`` runs over volumes.
+    """
     t_runs, s_runs = by_seed(transfer), by_seed(scratch)
     seeds = [s for s in t_runs if s in s_runs]
     if not seeds:
         return None
-    runs = [t_runs[s] for s in seeds] + [s_runs[s] for s in seeds]
-    cases, values = _stack(vols, runs, key, "dice")
-    if not cases:
+    values = _stack(vols, [t_runs[s] for s in seeds] + [s_runs[s] for s in seeds], key, "dice")
+    if not values.size:
         return {"seeds": seeds, "mean_diff": None, "ci_low": None, "ci_high": None, "n_pairs": 0,
                 "n_excluded": 0, "verdict": "no per-volume rows"}
     a, b = values[: len(seeds)], values[len(seeds):]
     both = np.isfinite(a) & np.isfinite(b)
-    s = paired_difference(_nanmean0(np.where(both, a, np.nan)), _nanmean0(np.where(both, b, np.nan)))
+    s = paired_difference(_nanmean0(np.where(both, a, np.nan)),
+                          _nanmean0(np.where(both, b, np.nan)))
     verdict = ("transfer better" if s.ci_low > 0 else "scratch better" if s.ci_high < 0
                else "no clear difference")
     return {"seeds": seeds, "mean_diff": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high,
             "n_pairs": s.n, "n_excluded": s.n_excluded, "verdict": verdict}
 
 
-def gain_over_scratch(transfer: Iterable[TrialRun], scratch: Iterable[TrialRun], key: str) -> dict[str, Any] | None:
-    """Difference of the logged mean dice, transfer − scratch, per common seed, then averaged."""
+def gain_over_scratch(transfer: Iterable[TrialRun], scratch: Iterable[TrialRun],
+                      key: str) -> dict[str, Any] | None:
+    """Logged mean dice transfer − scratch per common seed, averaged (t-interval over seeds)."""
     s_runs = by_seed(scratch)
     pairs = {s: (r.metric(key, "dice"), s_runs[s].metric(key, "dice"))
              for s, r in by_seed(transfer).items() if s in s_runs}
@@ -247,6 +260,10 @@ def gain_over_scratch(transfer: Iterable[TrialRun], scratch: Iterable[TrialRun],
 
 
 # -- sections -----------------------------------------------------------------
+def _is_cat(run: TrialRun) -> bool:
+    return run.tag("variant", "segan-cat") == "segan-cat"
+
+
 @dataclass
 class Sections:
     """Builds the report's sections for one region from the finished runs."""
@@ -257,55 +274,60 @@ class Sections:
 
     def select(self, kind: str, pred: Callable[[TrialRun], bool]) -> list[TrialRun]:
         return [r for r in self.runs if r.status == "FINISHED" and r.tag("kind") == kind
-                and r.tag("family") != "hpo" and r.tag("region", "wt") == self.region and pred(r)]
+                and r.tag("family") != "hpo" and r.tag("region", "wt") == self.region
+                and pred(r)]
 
     def table1(self) -> list[dict[str, Any]]:
+        """One row per multimodal variant (and modality set), paper order."""
         groups = _group(self.select("train", lambda r: len(r.mods) > 1),
                         lambda r: (r.tag("variant"), r.tag("modalities")))
         order = list(VARIANT_LABELS)
         rows = []
-        for (variant, mods), runs in sorted(groups.items(), key=lambda kv: (_index(order, kv[0][0]), kv[0][1])):
+        for (variant, mods), runs in sorted(groups.items(),
+                                            key=lambda kv: (_index(order, kv[0][0]), kv[0][1])):
             key = "-".join(mods.split(","))
-            label = VARIANT_LABELS.get(variant, variant)
-            paper = PAPER_TABLE1.get(variant) if self.region == "wt" and len(mods.split(",")) == 4 else None
-            rows.append({"variant": variant, "label": label, "modalities": mods, "key": key,
-                         **{m: cell_stats(runs, key, m, self.vols) for m in METRIC_NAMES},
-                         "paper": paper})
+            four = key.count("-") == 3
+            paper = PAPER_TABLE1.get(variant) if self.region == "wt" and four else None
+            rows.append({"variant": variant, "label": VARIANT_LABELS.get(variant, variant),
+                         "modalities": mods, "key": key, "paper": paper,
+                         **{m: cell_stats(runs, key, m, self.vols) for m in METRIC_NAMES}})
         return rows
 
     def unimodal(self) -> dict[str, list[TrialRun]]:
         """modality -> SegAN-CAT unimodal train runs."""
-        runs = self.select("train", lambda r: len(r.mods) == 1 and r.tag("variant", "segan-cat") == "segan-cat")
+        runs = self.select("train", lambda r: len(r.mods) == 1 and _is_cat(r))
         return _group(runs, lambda r: r.mods[0])
 
     def table2(self) -> list[dict[str, Any]]:
         groups = self.unimodal()
-        order = ["t1", "t1c", "t2", "flair"]
+        order = ["t1", "t1c", "t2", "flair"]  # the paper's
         return [{"modality": m, "dice": cell_stats(groups[m], m, "dice", self.vols),
                  "paper": PAPER_TABLE2.get(m) if self.region == "wt" else None}
                 for m in sorted(groups, key=lambda m: _index(order, m))]
 
     def cross_modality(self) -> dict[str, Any]:
-        """Rows: modality trained on; cols: modality evaluated on (evaluate runs, diagonal fallback)."""
-        evals = _group(self.select("evaluate", lambda r: len(r.mods) == 1
-                                   and r.tag("variant", "segan-cat") == "segan-cat"), lambda r: r.mods[0])
-        uni = self.unimodal()
+        """Rows: trained on; cols: evaluated on. Evaluate runs, unimodal runs on the diagonal."""
+        evals = _group(self.select("evaluate", lambda r: len(r.mods) == 1 and _is_cat(r)),
+                       lambda r: r.mods[0])
         cells = []
         for src, runs in evals.items():
             keys = sorted({k for r in runs for k in r.test_keys()})
             cells += [{"trained_on": src, "evaluated_on": k, "from": "evaluate",
                        "dice": cell_stats(runs, k, "dice", self.vols)} for k in keys]
         have = {(c["trained_on"], c["evaluated_on"]) for c in cells if c["dice"]}
-        cells += [{"trained_on": m, "evaluated_on": m, "from": "unimodal",
-                   "dice": cell_stats(runs, m, "dice", self.vols)}
-                  for m, runs in uni.items() if (m, m) not in have and evals]
+        if evals:
+            cells += [{"trained_on": m, "evaluated_on": m, "from": "unimodal",
+                       "dice": cell_stats(runs, m, "dice", self.vols)}
+                      for m, runs in self.unimodal().items() if (m, m) not in have]
         cells = [c for c in cells if c["dice"]]
         return {"rows": _modalities({c["trained_on"] for c in cells}),
                 "cols": _modalities({c["evaluated_on"] for c in cells}), "cells": cells}
 
     def transfers(self) -> dict[str, Any]:
-        runs = self.select("transfer", lambda r: r.tag("variant", "segan-cat") == "segan-cat")
-        scratch = _group([r for r in runs if r.tag("freeze") == "scratch"], lambda r: r.tag("target"))
+        """Source × target × strategy cells, each against scratch on the same target."""
+        runs = self.select("transfer", _is_cat)
+        scratch = _group([r for r in runs if r.tag("freeze") == "scratch"],
+                         lambda r: r.tag("target"))
         groups = _group([r for r in runs if r.tag("freeze") != "scratch"],
                         lambda r: (r.tag("source"), r.tag("target"), r.tag("freeze")))
         cells = []
@@ -317,26 +339,30 @@ class Sections:
                           "gain": gain_over_scratch(cell_runs, base, tgt),
                           "paired": paired_vs_scratch(cell_runs, base, tgt, self.vols)})
         order = ["full", "s_din", "s_only", "decoder_only"]
-        scratch_cells = {t: cell_stats(v, t, "dice", self.vols) for t, v in scratch.items()}
-        return {"cells": cells, "freezes": sorted({c["freeze"] for c in cells}, key=lambda f: _index(order, f)),
+        base_cells = {t: cell_stats(v, t, "dice", self.vols) for t, v in scratch.items()}
+        return {"cells": cells,
+                "freezes": sorted({c["freeze"] for c in cells}, key=lambda f: _index(order, f)),
                 "sources": _modalities({c["source"] for c in cells}),
                 "targets": _modalities({c["target"] for c in cells}),
-                "scratch": {k: v for k, v in scratch_cells.items() if v}}
+                "scratch": {k: v for k, v in base_cells.items() if v}}
 
     def build(self) -> dict[str, Any]:
         transfers = self.transfers()
-        table3 = [_table3_row(tgt, transfers) for tgt in ("t1", "t1c", "t2")
-                  if any(c["source"] == "flair" and c["target"] == tgt for c in transfers["cells"])]
-        out = {"table1": self.table1(), "table2": self.table2(), "cross_modality": self.cross_modality(),
-               "table3": table3, "transfer": transfers}
+        flair_targets = {c["target"] for c in transfers["cells"] if c["source"] == "flair"}
+        out = {"table1": self.table1(), "table2": self.table2(),
+               "cross_modality": self.cross_modality(),
+               "table3": [_table3_row(t, transfers) for t in ("t1", "t1c", "t2")
+                          if t in flair_targets],
+               "transfer": transfers}
         out["excluded"] = {name: _excluded(name, out[name]) for name in out}
         return out
 
 
 def _table3_row(target: str, transfers: dict[str, Any]) -> dict[str, Any]:
-    cells = {c["freeze"]: c for c in transfers["cells"] if c["source"] == "flair" and c["target"] == target}
+    cells = {c["freeze"]: c["dice"] for c in transfers["cells"]
+             if c["source"] == "flair" and c["target"] == target}
     return {"target": target, "scratch": transfers["scratch"].get(target),
-            **{f: cells[f]["dice"] if f in cells else None for f in TABLE3_FREEZES},
+            **{f: cells.get(f) for f in TABLE3_FREEZES},
             "paper": {f: PAPER_TABLE3.get((target, f)) for f in TABLE3_FREEZES}}
 
 
@@ -373,7 +399,7 @@ def _modalities(found: set[str]) -> list[str]:
     return [m for m in MODALITIES if m in found] + sorted(found - set(MODALITIES))
 
 
-# -- header and the public API -----------------------------------------------------
+# -- header and the public API -------------------------------------------------
 def _values(*groups: Iterable[Any]) -> list[str]:
     return sorted({str(v) for g in groups for v in g if v not in (None, "")})
 
@@ -381,7 +407,7 @@ def _values(*groups: Iterable[Any]) -> list[str]:
 def _header(parents: list[Any], runs: list[TrialRun], context: dict[str, Any]) -> dict[str, Any]:
     """Where the numbers came from, and how many runs finished, failed or were skipped."""
     params = [p.data.params for p in parents]
-    skipped = [r for r in runs if r.status == "KILLED" and r.tag("skipped_reason")]
+    skipped = sum(r.status == "KILLED" and bool(r.tag("skipped_reason")) for r in runs)
     header: dict[str, Any] = {
         "grids": _values((p.get("grid") for p in params), (r.tag("grid") for r in runs)),
         "budgets": _values((p.get("budget") for p in params), (r.tag("budget") for r in runs)),
@@ -392,14 +418,16 @@ def _header(parents: list[Any], runs: list[TrialRun], context: dict[str, Any]) -
         "eval_splits": _values(r.tag("eval_split") for r in runs if r.status == "FINISHED"),
         "invocations": len(parents),
         "runs": {"total": len(runs), "finished": sum(r.status == "FINISHED" for r in runs),
-                 "failed": sum(r.status == "FAILED" for r in runs), "skipped": len(skipped),
-                 "killed": sum(r.status == "KILLED" for r in runs) - len(skipped),
+                 "failed": sum(r.status == "FAILED" for r in runs), "skipped": skipped,
+                 "killed": sum(r.status == "KILLED" for r in runs) - skipped,
                  "unfinished": sum(r.status not in ("FINISHED", "FAILED", "KILLED") for r in runs)},
     }
-    for key, ctx_key in (("grids", "grid"), ("budgets", "budget"), ("data", "data"), ("hardware", "hardware")):
+    for key, ctx_key in (("grids", "grid"), ("budgets", "budget"), ("data", "data"),
+                         ("hardware", "hardware")):
         if not header[key] and context.get(ctx_key):  # context fills what MLflow lacks
             header[key] = [f"{context[ctx_key]} (from the report's caller)"]
-    header["synthetic"] = bool(context.get("synthetic")) or any("synthetic" in d for d in header["data"])
+    header["synthetic"] = (bool(context.get("synthetic"))
+                           or any("synthetic" in d for d in header["data"]))
     header["notes"] = [str(context["note"])] if context.get("note") else []
     return header
 
@@ -423,42 +451,31 @@ def _hpo(runs: list[TrialRun]) -> dict[str, Any] | None:
             "best_val_dice": best.metrics["best/val_dice"] if best else None}
 
 
-def build_report(tracking_uri: str, experiment: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_report(tracking_uri: str, experiment: str,
+                 context: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every number of the report as a JSON-ready dict (NaN → None), read from MLflow only."""
-    from core.config import REGIONS
-
     parents, runs = load_runs(tracking_uri, experiment)
     vols = PerVolume(tracking_uri)
     found = {r.tag("region", "wt") for r in runs if r.status == "FINISHED"} or {"wt"}
-    regions = sorted(found, key=lambda g: _index(list(REGIONS), g))
     report = {"experiment": experiment, "tracking_uri": tracking_uri,
               "header": _header(parents, runs, context or {}),
               "statistics": {"volume_ci": VOLUME_CI, "seed_ci": SEED_CI, "paired_ci": PAIRED_CI},
-              "regions": {g: Sections(runs, g, vols).build() for g in regions},
+              "regions": {g: Sections(runs, g, vols).build()
+                          for g in sorted(found, key=lambda g: _index(list(REGIONS), g))},
               "hpo": _hpo(runs), "problems": _problems(runs)}
     report["header"]["runs_without_per_volume"] = sorted(vols.missing)
     return _clean(report)
 
 
 def _clean(node: Any) -> Any:
-    """JSON-safe copy: NaN/inf → None, tuples → lists."""
+    """JSON-safe copy: NaN/inf → None, tuples → lists, numpy scalars → Python."""
     if isinstance(node, dict):
         return {str(k): _clean(v) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
         return [_clean(v) for v in node]
     if isinstance(node, (float, np.floating)):
         return float(node) if math.isfinite(node) else None
-    if isinstance(node, np.integer):
-        return int(node)
-    return node
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, then rename (never a partial file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    return int(node) if isinstance(node, np.integer) else node
 
 
 def write_report(tracking_uri: str, experiment: str, out_dir: Path,
@@ -469,16 +486,4 @@ def write_report(tracking_uri: str, experiment: str, out_dir: Path,
     ``grid``), may flag ``synthetic`` data and add a ``note``. Returns the path of
     ``report.md``. Raises ``UserError`` if the experiment does not exist.
     """
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = build_report(tracking_uri, experiment, context)
-    report["figures"] = draw_figures(report, out_dir)
-    for pattern in FIGURE_PATTERNS:  # heatmaps of an earlier report that this one no longer has
-        for stale in set(out_dir.glob(pattern)) - {out_dir / f for f in report["figures"].values()}:
-            stale.unlink()
-    _write_text(out_dir / "report.json", json.dumps(report, indent=2))
-    _write_text(out_dir / "report.md", render_markdown(report))
-    return out_dir / "report.md"
-
-
-__all__ = ["build_report", "load_runs", "report_summary_lines", "write_report"]
+    return write_outputs(build_report(tracking_uri, experiment, context), Path(out_dir))

@@ -1,9 +1,10 @@
-"""Presentation of the study report: PNG heatmaps and the markdown text.
+"""Output of the study report: PNG heatmaps, ``report.md``, ``report.json``, and
+the few lines the CLI prints.
 
-Both read only the JSON-ready dict built by ``study.report.build_report`` (no
-MLflow here), so what the markdown shows is exactly what ``report.json`` holds.
+Everything here reads only the JSON-ready dict built by ``study.report.build_report``
+(no MLflow), so what the markdown shows is exactly what ``report.json`` holds.
 Figures use matplotlib's object API with the Agg canvas: no pyplot global state,
-no display needed.
+no display needed. Files are written to a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 import numpy as np
 
 MODALITY_LABELS = {"flair": "FLAIR", "t1": "T1", "t1c": "T1c", "t2": "T2"}
-FREEZE_LABELS = {"full": "(S, D) = full", "s_din": "(S, Din) = s_din", "s_only": "S only (critic frozen)",
-                 "decoder_only": "decoder only", "scratch": "from scratch"}
+FREEZE_LABELS = {"full": "(S, D) = full", "s_din": "(S, Din) = s_din",
+                 "s_only": "S only (critic frozen)", "decoder_only": "decoder only",
+                 "scratch": "from scratch"}
 NONE = "—"
 FIGURE_PATTERNS = ("fig2_cross_modality*.png", "transfer_dice_*.png", "transfer_gain_*.png")
 
@@ -82,7 +84,8 @@ def heatmap(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str], ti
     cmap = colormaps["RdBu" if diverging else "viridis"].with_extremes(bad="#dddddd")
     finite = matrix[np.isfinite(matrix)]
     span = max(0.05, float(np.abs(finite).max())) if diverging and finite.size else 1.0
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-span if diverging else 0.0, vmax=span)
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap,
+                      vmin=-span if diverging else 0.0, vmax=span)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(len(cols)), labels=[modality_label(c) for c in cols])
     ax.set_yticks(range(len(rows)), labels=[modality_label(r) for r in rows])
@@ -90,7 +93,8 @@ def heatmap(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str], ti
     for (i, j), v in np.ndenumerate(matrix):
         text = NONE if not np.isfinite(v) else f"{v:+.3f}" if diverging else f"{v:.3f}"
         dark = np.isfinite(v) and (abs(v) > 0.6 * span if diverging else v < 0.5)
-        ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+        ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                color="white" if dark else "black")
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
@@ -131,7 +135,7 @@ def draw_figures(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
                     ("dice", lambda c: c["dice"]["mean"] if c["dice"] else None, False),
                     ("gain", lambda c: c["gain"]["gain"] if c["gain"] else None, True)):
                 name = f"transfer_{what}_{freeze}{sfx}.png"
-                title = (f"Transfer dice, {label}" if what == "dice" else f"Gain over scratch, {label}")
+                title = ("Transfer dice" if what == "dice" else "Gain over scratch") + f", {label}"
                 matrix = _matrix(cells, tr["sources"], tr["targets"], "source", "target", value)
                 heatmap(out_dir / name, matrix, tr["sources"], tr["targets"], title + region_title,
                         "target", "source", diverging)
@@ -141,13 +145,12 @@ def draw_figures(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
 
 # -- markdown -------------------------------------------------------------------
 def _header_md(report: dict[str, Any]) -> str:
-    h = report["header"]
-    runs = h["runs"]
+    h, runs, s = report["header"], report["header"]["runs"], report["statistics"]
 
     def listed(key: str) -> str:
         return ", ".join(f"`{v}`" for v in h[key]) or "unknown"
 
-    splits = h["eval_splits"]
+    splits = "/".join(h["eval_splits"]) or "unknown"
     lines = [
         f"# SegAN-CAT study report — `{report['experiment']}`", "",
         f"- Grid(s): {listed('grids')}; budget(s): {listed('budgets')}",
@@ -157,22 +160,23 @@ def _header_md(report: dict[str, Any]) -> str:
         f"- Runs: {runs['finished']} finished, {runs['failed']} failed, {runs['skipped']} skipped "
         f"(source failed), {runs['killed']} stopped, {runs['unfinished']} unfinished; "
         f"{h['invocations']} study invocation(s)",
-        f"- Test numbers come from the **{'/'.join(splits) or 'unknown'}** split"
-        + (" — the split that also chose the checkpoint, so they are optimistic" if "val" in splits else ""),
+        f"- Test numbers come from the **{splits}** split",
     ]
+    if "val" in h["eval_splits"]:
+        lines[-1] += " — the split that also chose the checkpoint, so they are optimistic"
     if h["synthetic"]:
         lines.append("- **Synthetic data**: these numbers are a smoke test of the pipeline on the "
-                     "embedded synthetic dataset and are *not comparable* to the paper's BraTS columns.")
+                     "embedded synthetic dataset and are *not comparable* to the paper's BraTS "
+                     "columns.")
     else:
-        lines.append("- Paper columns are the paper's BraTS 2015 / 2019 results; compare only with "
-                     "BraTS data at the paper budget.")
+        lines.append("- Paper columns are the paper's BraTS 2015 / 2019 results; compare only "
+                     "with BraTS data at the paper budget.")
     if h["runs_without_per_volume"]:
-        lines.append(f"- {len(h['runs_without_per_volume'])} finished run(s) have no per_volume.json: "
-                     "multi-seed volume CIs and paired comparisons leave them out.")
+        lines.append(f"- {len(h['runs_without_per_volume'])} finished run(s) have no "
+                     "per_volume.json: multi-seed volume CIs and paired comparisons omit them.")
     lines += [f"- {n}" for n in h["notes"]]
-    s = report["statistics"]
-    lines += ["", f"Cells read `mean [CI]`: CI = {s['volume_ci']}. With several seeds the mean is the "
-              f"mean over seeds, `[CI]` is over volumes of the seed-averaged values and "
+    lines += ["", f"Cells read `mean [CI]`: CI = {s['volume_ci']}. With several seeds the mean is "
+              "the mean over seeds, `[CI]` is over volumes of the seed-averaged values and "
               f"`seeds [..]` is the {s['seed_ci']}. *Excluded* = volumes with undefined dice "
               "(empty truth and empty prediction) / volumes evaluated, summed over seeds."]
     return "\n".join(lines)
@@ -184,18 +188,25 @@ def _excluded_md(sec: dict[str, Any], name: str) -> str:
             f"{e['n_excluded'] + e['n_volumes']} volume evaluations.")
 
 
+def _section(head: str, table: str, sec: dict[str, Any], name: str) -> str:
+    return f"{head}\n\n{table}\n\n{_excluded_md(sec, name)}"
+
+
 def _table1_md(sec: dict[str, Any], title: str) -> str:
     head = f"## Table I — multimodal models{title}"
     if not sec["table1"]:
         return f"{head}\n\nNo finished multimodal training runs."
-    rows = [[r["label"] + ("" if r["modalities"].count(",") == 3 else f" ({modality_label(r['modalities'])})"),
-             *(fmt_cell(r[m]) for m in ("dice", "precision", "sensitivity")),
-             seeds_text(r["dice"]), excluded_text(r["dice"]),
-             _paper((r["paper"] or {}).get("2015")), _paper((r["paper"] or {}).get("2019"))]
-            for r in sec["table1"]]
+    rows = []
+    for r in sec["table1"]:
+        label = r["label"] + ("" if r["modalities"].count(",") == 3
+                              else f" ({modality_label(r['modalities'])})")
+        paper = r["paper"] or {}
+        rows.append([label, *(fmt_cell(r[m]) for m in ("dice", "precision", "sensitivity")),
+                     seeds_text(r["dice"]), excluded_text(r["dice"]),
+                     _paper(paper.get("2015")), _paper(paper.get("2019"))])
     table = _table(["Model", "Dice", "Precision", "Sensitivity", "Seeds", "Excluded",
                     "Paper 2015 (D / P / S)", "Paper 2019 (D / P / S)"], rows)
-    return f"{head}\n\n{table}\n\n{_excluded_md(sec, 'table1')}"
+    return _section(head, table, sec, "table1")
 
 
 def _table2_md(sec: dict[str, Any], title: str) -> str:
@@ -203,9 +214,10 @@ def _table2_md(sec: dict[str, Any], title: str) -> str:
     if not sec["table2"]:
         return f"{head}\n\nNo finished unimodal SegAN-CAT runs."
     rows = [[modality_label(r["modality"]), fmt_cell(r["dice"]), seeds_text(r["dice"]),
-             excluded_text(r["dice"]), _paper(r["paper"], 0), _paper(r["paper"], 1)] for r in sec["table2"]]
+             excluded_text(r["dice"]), _paper(r["paper"], 0), _paper(r["paper"], 1)]
+            for r in sec["table2"]]
     table = _table(["Modality", "Dice", "Seeds", "Excluded", "Paper 2015", "Paper 2019"], rows)
-    return f"{head}\n\n{table}\n\n{_excluded_md(sec, 'table2')}"
+    return _section(head, table, sec, "table2")
 
 
 def _cross_md(sec: dict[str, Any], title: str, figure: str | None) -> str:
@@ -214,24 +226,42 @@ def _cross_md(sec: dict[str, Any], title: str, figure: str | None) -> str:
     if not cross["cells"]:
         return f"{head}\n\nNo finished cross-modality evaluation runs."
     cells = {(c["trained_on"], c["evaluated_on"]): c for c in cross["cells"]}
-    rows = [[modality_label(r)] + [fmt_cell(cells[(r, c)]["dice"]) + ("*" if cells[(r, c)]["from"] == "unimodal" else "")
-                                   if (r, c) in cells else NONE for c in cross["cols"]] for r in cross["rows"]]
+
+    def text(r: str, c: str) -> str:
+        cell = cells.get((r, c))
+        return NONE if cell is None else fmt_cell(cell["dice"]) + "*" * (cell["from"] == "unimodal")
+
+    rows = [[modality_label(r)] + [text(r, c) for c in cross["cols"]] for r in cross["rows"]]
     table = _table(["trained on \\ evaluated on", *map(modality_label, cross["cols"])], rows)
-    seeds = seeds_text(*(c["dice"] for c in cross["cells"]))
-    return (f"{head}\n\n![cross-modality dice]({figure})\n\n{table}\n\nCells marked \\* come from the "
-            f"unimodal run's own test key (no evaluate run for that cell). {seeds} per cell at most. {_excluded_md(sec, 'cross_modality')}")
+    notes = [f"{seeds_text(*(c['dice'] for c in cross['cells']))} per cell at most.",
+             _excluded_md(sec, "cross_modality")]
+    if any(c["from"] == "unimodal" for c in cross["cells"]):
+        notes.insert(0, "Cells marked \\* come from the unimodal run's own test key "
+                        "(no evaluate run).")
+    return f"{head}\n\n![cross-modality dice]({figure})\n\n{table}\n\n" + " ".join(notes)
 
 
 def _table3_md(sec: dict[str, Any], title: str) -> str:
     head = f"## Table III — FLAIR model fine-tuned on T1, T1c, T2{title}"
     if not sec["table3"]:
         return f"{head}\n\nNo finished transfers from FLAIR."
-    rows = [[modality_label(r["target"]), fmt_cell(r["full"]), fmt_cell(r["s_din"]), fmt_cell(r["scratch"]),
-             seeds_text(r["full"], r["s_din"]), _paper(r["paper"]["full"]), _paper(r["paper"]["s_din"])]
-            for r in sec["table3"]]
-    table = _table(["Target", "(S, D) = full", "(S, Din) = s_din", "From scratch (same epochs)", "Seeds",
-                    "Paper (S, D) 2015 / 2019", "Paper (S, Din) 2015 / 2019"], rows)
-    return f"{head}\n\n{table}\n\n{_excluded_md(sec, 'table3')}"
+    rows = [[modality_label(r["target"]), fmt_cell(r["full"]), fmt_cell(r["s_din"]),
+             fmt_cell(r["scratch"]), seeds_text(r["full"], r["s_din"]),
+             _paper(r["paper"]["full"]), _paper(r["paper"]["s_din"])] for r in sec["table3"]]
+    table = _table(["Target", "(S, D) = full", "(S, Din) = s_din", "From scratch (same epochs)",
+                    "Seeds", "Paper (S, D) 2015 / 2019", "Paper (S, Din) 2015 / 2019"], rows)
+    return _section(head, table, sec, "table3")
+
+
+def _transfer_row(c: dict[str, Any]) -> list[str]:
+    p, g = c["paired"], c["gain"]
+    gain = num(g["gain"], True) + interval(g["seed_ci_low"], g["seed_ci_high"], True) if g else NONE
+    diff = num(p["mean_diff"], True) + interval(p["ci_low"], p["ci_high"], True) if p else NONE
+    return [f"{modality_label(c['source'])} → {modality_label(c['target'])}",
+            FREEZE_LABELS.get(c["freeze"], c["freeze"]), fmt_cell(c["dice"]),
+            fmt_cell(c["scratch"]), gain, diff,
+            f"{p['n_pairs']} ({p['n_excluded']})" if p else NONE,
+            seeds_text(c["dice"]), p["verdict"] if p else "no scratch run with the same seed"]
 
 
 def _transfer_md(sec: dict[str, Any], title: str, figures: dict[str, str], region: str,
@@ -240,26 +270,18 @@ def _transfer_md(sec: dict[str, Any], title: str, figures: dict[str, str], regio
     tr = sec["transfer"]
     if not tr["cells"]:
         return f"{head}\n\nNo finished transfer runs."
-    parts = [head, "Heatmaps: rows = source modality, columns = target. *Gain* = transfer mean dice − "
-             "scratch mean dice on the same target, same seed, averaged over seeds."]
+    parts = [head, "Heatmaps: rows = source modality, columns = target. *Gain* = transfer mean "
+             "dice − scratch mean dice on the same target, same seed, averaged over seeds."]
     for freeze in tr["freezes"]:
-        label = FREEZE_LABELS.get(freeze, freeze)
-        parts.append(f"### {label}\n\n![dice]({figures.get(f'{region}/transfer_dice/{freeze}')}) "
-                     f"![gain over scratch]({figures.get(f'{region}/transfer_gain/{freeze}')})")
-    rows = []
-    for c in tr["cells"]:
-        p, g = c["paired"], c["gain"]
-        rows.append([f"{modality_label(c['source'])} → {modality_label(c['target'])}", FREEZE_LABELS.get(c["freeze"], c["freeze"]),
-                     fmt_cell(c["dice"]), fmt_cell(c["scratch"]),
-                     num(g["gain"], True) + interval(g["seed_ci_low"], g["seed_ci_high"], True) if g else NONE,
-                     (num(p["mean_diff"], True) + interval(p["ci_low"], p["ci_high"], True)) if p else NONE,
-                     f"{p['n_pairs']} ({p['n_excluded']})" if p else NONE,
-                     seeds_text(c["dice"]), p["verdict"] if p else "no scratch run with the same seed"])
-    parts.append("### Paired comparison with training from scratch\n\n"
-                 f"Mean per-volume dice difference transfer − scratch; CI: {paired_ci}, "
-                 "averaged over the seeds both have. Verdict from whether the CI excludes 0.\n\n" + _table(
-                     ["Source → target", "Strategy", "Dice", "Scratch dice", "Gain (means)",
-                      "Paired diff [95% CI]", "Pairs (excl.)", "Seeds", "Verdict"], rows))
+        dice, gain = (figures.get(f"{region}/transfer_{w}/{freeze}") for w in ("dice", "gain"))
+        parts.append(f"### {FREEZE_LABELS.get(freeze, freeze)}\n\n![dice]({dice}) "
+                     f"![gain over scratch]({gain})")
+    table = _table(["Source → target", "Strategy", "Dice", "Scratch dice", "Gain (means)",
+                    "Paired diff [95% CI]", "Pairs (excl.)", "Seeds", "Verdict"],
+                   [_transfer_row(c) for c in tr["cells"]])
+    parts.append("### Paired comparison with training from scratch\n\nMean per-volume dice "
+                 f"difference transfer − scratch; CI: {paired_ci}, averaged over the seeds both "
+                 f"have. Verdict from whether the CI excludes 0.\n\n{table}")
     parts.append(_excluded_md(sec, "transfer"))
     return "\n\n".join(parts)
 
@@ -268,14 +290,15 @@ def _tail_md(report: dict[str, Any]) -> str:
     parts = []
     if report["hpo"]:
         h = report["hpo"]
-        parts.append(f"## Hyperparameter search\n\n{h['n_trials']} finished HPO trial(s); best validation "
-                     f"dice {num(h['best_val_dice'])} ({h['best_name']}, run `{h['best_run_id']}`). "
-                     "HPO trials do not enter the tables.")
+        parts.append(f"## Hyperparameter search\n\n{h['n_trials']} finished HPO trial(s); best "
+                     f"validation dice {num(h['best_val_dice'])} ({h['best_name']}, run "
+                     f"`{h['best_run_id']}`). HPO trials do not enter the tables.")
     problems = report["problems"]
     if problems:
         rows = [[p["name"], p["status"], p["reason"].replace("|", "/")] for p in problems[:100]]
         more = f"\n\n… and {len(problems) - 100} more." if len(problems) > 100 else ""
-        parts.append("## Runs that did not finish\n\n" + _table(["Run", "Status", "Reason"], rows) + more)
+        parts.append("## Runs that did not finish\n\n"
+                     + _table(["Run", "Status", "Reason"], rows) + more)
     return "\n\n".join(parts)
 
 
@@ -293,18 +316,41 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n\n".join(parts + ([tail] if tail else [])) + "\n"
 
 
-# -- console summary ---------------------------------------------------------------
+# -- files ----------------------------------------------------------------------
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_outputs(report: dict[str, Any], out_dir: Path) -> Path:
+    """Heatmaps, then ``report.json``, then ``report.md`` (its path is returned)."""
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["figures"] = draw_figures(report, out_dir)
+    keep = {out_dir / name for name in report["figures"].values()}
+    for pattern in FIGURE_PATTERNS:  # heatmaps of an earlier report that this one lacks
+        for stale in set(out_dir.glob(pattern)) - keep:
+            stale.unlink()
+    _atomic_text(out_dir / "report.json", json.dumps(report, indent=2))
+    _atomic_text(out_dir / "report.md", render_markdown(report))
+    return out_dir / "report.md"
+
+
+# -- console summary ------------------------------------------------------------
 def report_summary_lines(report_path: Path) -> list[str]:
     """A few lines for the CLI: run counts, Table I and II dice, transfer vs scratch.
 
     ``report_path`` is the report folder, ``report.md`` or ``report.json``.
     """
     path = Path(report_path)
-    path = path / "report.json" if path.is_dir() else path.with_suffix(".json")
-    report = json.loads(path.read_text())
-    h = report["header"]
-    lines = [f"runs: {h['runs']['finished']} finished, {h['runs']['failed']} failed, "
-             f"{h['runs']['skipped']} skipped; numbers from the {'/'.join(h['eval_splits']) or '?'} split"]
+    report = json.loads((path / "report.json" if path.is_dir() else path.with_suffix(".json"))
+                        .read_text())
+    runs = report["header"]["runs"]
+    split = "/".join(report["header"]["eval_splits"]) or "?"
+    lines = [f"runs: {runs['finished']} finished, {runs['failed']} failed, {runs['skipped']} "
+             f"skipped; numbers from the {split} split"]
     for region, sec in report["regions"].items():
         tag = "" if region == "wt" else f" ({region})"
         if sec["table1"]:
@@ -313,12 +359,14 @@ def report_summary_lines(report_path: Path) -> list[str]:
         if sec["table2"]:
             lines.append(f"Table II dice{tag}: " + " | ".join(
                 f"{modality_label(r['modality'])} {fmt_cell(r['dice'])}" for r in sec["table2"]))
-        paired = [c for c in sec["transfer"]["cells"] if c["paired"] and c["paired"]["mean_diff"] is not None]
+        paired = [c for c in sec["transfer"]["cells"]
+                  if c["paired"] and c["paired"]["mean_diff"] is not None]
         if paired:
             best = max(paired, key=lambda c: c["paired"]["mean_diff"])
-            better = sum(c["paired"]["verdict"] == "transfer better" for c in paired)
             p = best["paired"]
-            lines.append(f"transfer vs scratch{tag}: {better}/{len(paired)} cells better (95% CI > 0); "
-                         f"largest gain {modality_label(best['source'])}→{modality_label(best['target'])} "
-                         f"{best['freeze']} {p['mean_diff']:+.3f} [{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]")
+            better = sum(c["paired"]["verdict"] == "transfer better" for c in paired)
+            pair = f"{modality_label(best['source'])}→{modality_label(best['target'])}"
+            lines.append(f"transfer vs scratch{tag}: {better}/{len(paired)} cells better (95% CI "
+                         f"> 0); largest gain {pair} {best['freeze']} {num(p['mean_diff'], True)}"
+                         f"{interval(p['ci_low'], p['ci_high'], True)}")
     return lines

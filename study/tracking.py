@@ -39,8 +39,12 @@ class Tracker:
     """Driver-side MLflow bookkeeping for one study (one experiment)."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        import logging
+
         import mlflow
         from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
 
         self.tracking_uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)

@@ -21,7 +21,7 @@ def test_length_shapes_and_ranges(synthetic_store: Path) -> None:
     image, mask = ds[7]
     assert image.shape == (2, 64, 64) and image.dtype == torch.float32
     assert mask.shape == (1, 64, 64) and mask.dtype == torch.float32
-    assert 0 <= image.min() and image.max() <= 1
+    assert image.min() >= 0 and image.max() <= 1
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
     assert len(SliceDataset(synthetic_store, "test", ["t2"], 64, train=False)) == 4 * 32
 

@@ -56,8 +56,10 @@ class Store:
         self.client = MlflowClient(self.uri)
 
     def experiment(self, name: str) -> tuple[str, str]:
-        exp = self.client.create_experiment(name, artifact_location=(self.root / "art" / name).resolve().as_uri())
-        parent = self.client.create_run(exp, run_name="study", tags={"role": "study", "grid": "test"})
+        """A new experiment with one finished parent run; returns (experiment id, parent id)."""
+        art = (self.root / "art" / name).resolve().as_uri()
+        exp = self.client.create_experiment(name, artifact_location=art)
+        parent = self.client.create_run(exp, run_name="study", tags={"role": "study"})
         for k, v in {"grid": "test", "budget": "smoke", "data": "/data/synthetic/synthetic.zarr",
                      "hardware": "test CPU, 2 CPUs, no GPU", "n_trials": "20"}.items():
             self.client.log_param(parent.info.run_id, k, v)
@@ -65,15 +67,19 @@ class Store:
         return exp, parent.info.run_id
 
     def child(self, exp: tuple[str, str], name: str, tags: dict[str, str],
-              per_volume: dict[str, list[dict]] | None = None, status: str = "FINISHED") -> str:
+              per_volume: dict[str, list[dict]] | None = None, status: str = "FINISHED",
+              extra: dict[str, float] | None = None) -> str:
+        """A child run with the schema's tags, test metrics from ``per_volume``, the artifact."""
         from mlflow.entities import Metric
 
         base = {"role": "trial", "mlflow.parentRunId": exp[1], "trial_id": name, "grid": "test",
-                "budget": "smoke", "store_id": "s1", "code_version": "abc123", "eval_split": "test",
-                "region": "wt", "seed": "0", "variant": "segan-cat", "freeze": "scratch", "stage": "1"}
+                "budget": "smoke", "store_id": "s1", "code_version": "abc123",
+                "eval_split": "test", "region": "wt", "seed": "0", "variant": "segan-cat",
+                "freeze": "scratch", "stage": "1"}
         run_id = self.client.create_run(exp[0], run_name=name, tags={**base, **tags}).info.run_id
         if per_volume is not None:
-            metrics = [Metric(k, v, 0, 1) for k, v in test_metrics(per_volume).items() if math.isfinite(v)]
+            values = {**test_metrics(per_volume), **(extra or {})}
+            metrics = [Metric(k, v, 0, 1) for k, v in values.items() if math.isfinite(v)]
             self.client.log_batch(run_id, metrics=metrics)
             self.client.log_dict(run_id, per_volume, "per_volume.json")
         self.client.set_terminated(run_id, status)
@@ -93,30 +99,50 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     train = {"kind": "train"}
     for variant, dice in (("segan", [0.6, 0.7, 0.8, NAN]), ("segan-dice", [0.7, 0.75, 0.8, 0.85]),
                           ("segan-cat", [0.8, 0.85, 0.9, NAN])):
-        ids[variant] = store.child(exp, f"table1/{variant}", {**train, "family": "table1", "variant": variant,
-                                   "modalities": FOUR}, {"flair-t1-t1c-t2": rows(dice)})
+        tags = {**train, "family": "table1", "variant": variant, "modalities": FOUR}
+        ids[variant] = store.child(exp, f"table1/{variant}", tags, {"flair-t1-t1c-t2": rows(dice)})
+    store.child(exp, "hpo/0", {**train, "family": "hpo", "modalities": FOUR},  # not in Table I
+                {"flair-t1-t1c-t2": rows([0.99, 0.99])}, extra={"best/val_dice": 0.7})
     uni = {**train, "family": "unimodal"}
-    ids["flair0"] = store.child(exp, "uni/flair/0", {**uni, "modalities": "flair"}, {"flair": rows(FLAIR_S0)})
+    ids["flair0"] = store.child(exp, "uni/flair/0", {**uni, "modalities": "flair"},
+                                {"flair": rows(FLAIR_S0)})
     ids["flair1"] = store.child(exp, "uni/flair/1", {**uni, "modalities": "flair", "seed": "1"},
                                 {"flair": rows(FLAIR_S1)})
-    ids["t1"] = store.child(exp, "uni/t1/0", {**uni, "modalities": "t1"}, {"t1": rows([0.4, 0.5, 0.45, 0.55])})
-    store.child(exp, "uni/t1c/0", {**uni, "modalities": "t1c", "error": "RuntimeError: boom"}, status="FAILED")
+    ids["t1"] = store.child(exp, "uni/t1/0", {**uni, "modalities": "t1"},
+                            {"t1": rows([0.4, 0.5, 0.45, 0.55])})
+    store.child(exp, "uni/t1c/0", {**uni, "modalities": "t1c", "error": "RuntimeError: boom"},
+                status="FAILED")
     ev = {"kind": "evaluate", "family": "cross_modality", "stage": "2"}
-    ids["ev_flair"] = store.child(exp, "cross/flair", {**ev, "modalities": "flair", "source": "flair"},
-                                  {"flair": rows([0.8, 0.7, 0.9, 0.6]), "t1": rows([0.3, 0.2, 0.25, 0.35])})
+    ids["ev_flair"] = store.child(exp, "cross/flair", {**ev, "modalities": "flair",
+                                                       "source": "flair"},
+                                  {"flair": rows([0.8, 0.7, 0.9, 0.6]),
+                                   "t1": rows([0.3, 0.2, 0.25, 0.35])})
     ids["ev_t1"] = store.child(exp, "cross/t1", {**ev, "modalities": "t1", "source": "t1"},
                                {"flair": rows([0.5, 0.45, 0.4, 0.5])})
-    tr = {"kind": "transfer", "family": "transfer", "stage": "2"}
-    ids["full"] = store.child(exp, "transfer/flair->t1/full", {**tr, "source": "flair", "target": "t1",
-                              "modalities": "t1", "freeze": "full"}, {"t1": FULL})
-    ids["s_din"] = store.child(exp, "transfer/flair->t1/s_din", {**tr, "source": "flair", "target": "t1",
-                               "modalities": "t1", "freeze": "s_din"}, {"t1": rows([0.5, 0.5, 0.6, 0.58])})
-    ids["scratch"] = store.child(exp, "transfer/scratch->t1", {**tr, "source": "none", "target": "t1",
-                                 "modalities": "t1", "freeze": "scratch", "stage": "1"}, {"t1": SCRATCH})
-    ids["t2"] = store.child(exp, "transfer/flair->t2/s_din", {**tr, "source": "flair", "target": "t2",
-                            "modalities": "t2", "freeze": "s_din"}, {"t2": rows([0.7, 0.8])})
-    store.child(exp, "transfer/t1c->t1/full", {**tr, "source": "t1c", "target": "t1", "modalities": "t1",
-                "freeze": "full", "skipped_reason": "source uni/t1c/0 failed"}, status="KILLED")
+
+    def transfer(source: str, target: str, freeze: str, **more: str) -> dict[str, str]:
+        return {"kind": "transfer", "family": "transfer", "stage": "2", "source": source,
+                "target": target, "modalities": target, "freeze": freeze, **more}
+
+    ids["full"] = store.child(exp, "transfer/flair->t1/full", transfer("flair", "t1", "full"),
+                              {"t1": FULL})
+    ids["s_din"] = store.child(exp, "transfer/flair->t1/s_din", transfer("flair", "t1", "s_din"),
+                               {"t1": rows([0.5, 0.5, 0.6, 0.58])})
+    ids["scratch"] = store.child(exp, "transfer/scratch->t1", transfer("none", "t1", "scratch"),
+                                 {"t1": SCRATCH})
+    ids["t2"] = store.child(exp, "transfer/flair->t2/s_din", transfer("flair", "t2", "s_din"),
+                            {"t2": rows([0.7, 0.8])})
+    for seed, a, b in (("0", [0.5, 0.6, 0.7], [0.4, 0.45, 0.65]),
+                       ("1", [0.55, NAN, 0.65], [0.45, 0.5, NAN])):
+        ids[f"t1_flair{seed}"] = store.child(exp, f"transfer/t1->flair/full/{seed}",
+                                             transfer("t1", "flair", "full", seed=seed),
+                                             {"flair": rows(a)})
+        ids[f"scratch_flair{seed}"] = store.child(exp, f"transfer/scratch->flair/{seed}",
+                                                  transfer("none", "flair", "scratch", seed=seed),
+                                                  {"flair": rows(b)})
+    store.child(exp, "transfer/t1c->t1/full",
+                transfer("t1c", "t1", "full", skipped_reason="source uni/t1c/0 failed"),
+                status="KILLED")
     out = tmp_path_factory.mktemp("report")
     path = write_report(store.uri, "full", out, {"hardware": "ignored: MLflow has it"})
     return {"store": store, "ids": ids, "out": out, "path": path,
@@ -130,17 +156,20 @@ def logged(study: dict, name: str) -> dict[str, float]:
 def test_files_and_header(study: dict) -> None:
     out = study["out"]
     assert study["path"] == out / "report.md"
-    for name in ("report.json", "fig2_cross_modality.png", "transfer_dice_full.png", "transfer_gain_full.png",
-                 "transfer_dice_s_din.png", "transfer_gain_s_din.png"):
+    for name in ("report.json", "fig2_cross_modality.png", "transfer_dice_full.png",
+                 "transfer_gain_full.png", "transfer_dice_s_din.png", "transfer_gain_s_din.png"):
         assert (out / name).stat().st_size > 0, name
     assert not list(out.glob(".*")), "temporary files left behind"
     h = study["report"]["header"]
-    assert h["runs"] == {"total": 14, "finished": 12, "failed": 1, "skipped": 1, "killed": 0, "unfinished": 0}
+    assert h["runs"] == {"total": 19, "finished": 17, "failed": 1, "skipped": 1, "killed": 0,
+                         "unfinished": 0}
     assert h["hardware"] == ["test CPU, 2 CPUs, no GPU"] and h["eval_splits"] == ["test"]
     assert h["synthetic"] and h["code_versions"] == ["abc123"]
     md = study["md"]
     assert "not comparable" in md and "**test** split" in md
     assert "RuntimeError: boom" in md and "source uni/t1c/0 failed" in md
+    hpo = study["report"]["hpo"]
+    assert (hpo["n_trials"], hpo["best_name"], hpo["best_val_dice"]) == (1, "hpo/0", 0.7)
 
 
 def test_table1_numbers_equal_mlflow(study: dict) -> None:
@@ -151,24 +180,31 @@ def test_table1_numbers_equal_mlflow(study: dict) -> None:
         for name in ("dice", "precision", "sensitivity"):
             cell = row[name]
             assert cell["mean"] == m[f"test/flair-t1-t1c-t2/{name}"]
-            assert (cell["ci_low"], cell["ci_high"]) == (m[f"test/flair-t1-t1c-t2/{name}_ci_low"],
-                                                         m[f"test/flair-t1-t1c-t2/{name}_ci_high"])
+            key = f"test/flair-t1-t1c-t2/{name}"
+            ci = (m[f"{key}_ci_low"], m[f"{key}_ci_high"])
+            assert (cell["ci_low"], cell["ci_high"]) == ci
             assert cell["n_seeds"] == 1 and cell["seed_ci_low"] is None
-    assert rows1["segan-cat"]["dice"]["n_excluded"] == 1 and rows1["segan-cat"]["dice"]["n_volumes"] == 3
+    cat = rows1["segan-cat"]["dice"]
+    assert (cat["n_excluded"], cat["n_volumes"]) == (1, 3)
     assert rows1["segan-cat"]["paper"]["2015"] == [0.859, 0.882, 0.852]
-    assert study["report"]["regions"]["wt"]["excluded"]["table1"] == {"n_excluded": 2, "n_volumes": 10, "n_cells": 3}
+    excluded = study["report"]["regions"]["wt"]["excluded"]["table1"]
+    assert excluded == {"n_excluded": 2, "n_volumes": 10, "n_cells": 3}
     assert "| SegAN-CAT | 0.850 [" in study["md"] and "0.859 / 0.882 / 0.852" in study["md"]
 
 
 def test_table2_aggregates_seeds(study: dict) -> None:
-    flair = next(r for r in study["report"]["regions"]["wt"]["table2"] if r["modality"] == "flair")["dice"]
+    table2 = {r["modality"]: r for r in study["report"]["regions"]["wt"]["table2"]}
+    assert list(table2) == ["t1", "flair"]  # the paper's order
+    flair = table2["flair"]["dice"]
     means = [logged(study, "flair0")["test/flair/dice"], logged(study, "flair1")["test/flair/dice"]]
     assert flair["n_seeds"] == 2 and flair["mean"] == pytest.approx(np.mean(means))
     assert (flair["seed_ci_low"], flair["seed_ci_high"]) == pytest.approx(seed_interval(means))
     per_volume = summarize((np.array(FLAIR_S0) + np.array(FLAIR_S1)) / 2)
-    assert (flair["ci_low"], flair["ci_high"]) == pytest.approx((per_volume.ci_low, per_volume.ci_high))
-    t1 = next(r for r in study["report"]["regions"]["wt"]["table2"] if r["modality"] == "t1")
-    assert t1["dice"]["mean"] == logged(study, "t1")["test/t1/dice"] and t1["paper"] == [0.538, 0.542]
+    expected = (per_volume.ci_low, per_volume.ci_high)
+    assert (flair["ci_low"], flair["ci_high"]) == pytest.approx(expected)
+    t1 = table2["t1"]
+    assert t1["dice"]["mean"] == logged(study, "t1")["test/t1/dice"]
+    assert t1["paper"] == [0.538, 0.542]
     assert "2 seeds" in study["md"] and "1 seed" in study["md"]
 
 
@@ -186,7 +222,7 @@ def test_cross_modality_matrix(study: dict) -> None:
 def test_paired_difference_by_case_id(study: dict) -> None:
     tr = study["report"]["regions"]["wt"]["transfer"]
     full = next(c for c in tr["cells"] if c["freeze"] == "full")
-    # pairs by case_id: c0 .62−.50, c1 .71−.55, c4 .66−.60; c2/c3 undefined on one side; c9 unpaired
+    # by case_id: c0 .62−.50, c1 .71−.55, c4 .66−.60; c2, c3 undefined on one side; c9 unpaired
     assert full["paired"]["mean_diff"] == pytest.approx((0.12 + 0.16 + 0.06) / 3)
     assert full["paired"]["n_pairs"] == 3 and full["paired"]["n_excluded"] == 2
     assert full["paired"]["ci_low"] <= full["paired"]["mean_diff"] <= full["paired"]["ci_high"]
@@ -195,6 +231,23 @@ def test_paired_difference_by_case_id(study: dict) -> None:
     t2 = next(c for c in tr["cells"] if c["target"] == "t2")
     assert t2["paired"] is None and t2["scratch"] is None
     assert "no scratch run with the same seed" in study["md"]
+
+
+def test_paired_difference_over_seeds(study: dict) -> None:
+    tr = study["report"]["regions"]["wt"]["transfer"]
+    cell = next(c for c in tr["cells"] if c["source"] == "t1")
+    # per seed, volumes where both are defined (seed 1: only c0); then averaged over seeds
+    a = [(0.5 + 0.55) / 2, 0.6, 0.7]
+    b = [(0.4 + 0.45) / 2, 0.45, 0.65]
+    paired = cell["paired"]
+    assert paired["seeds"] == ["0", "1"] and paired["n_pairs"] == 3
+    assert paired["mean_diff"] == pytest.approx(np.mean(np.subtract(a, b)))
+    gains = [logged(study, f"t1_flair{s}")["test/flair/dice"]
+             - logged(study, f"scratch_flair{s}")["test/flair/dice"] for s in "01"]
+    assert cell["gain"]["gain"] == pytest.approx(np.mean(gains))
+    ci = (cell["gain"]["seed_ci_low"], cell["gain"]["seed_ci_high"])
+    assert ci == pytest.approx(seed_interval(gains))
+    assert cell["dice"]["n_seeds"] == 2 and "2 seeds" in study["md"]
 
 
 def test_table3_with_paper_values(study: dict) -> None:
@@ -208,7 +261,7 @@ def test_table3_with_paper_values(study: dict) -> None:
 
 def test_summary_lines(study: dict) -> None:
     lines = report_summary_lines(study["out"])
-    assert lines[0].startswith("runs: 12 finished, 1 failed, 1 skipped")
+    assert lines[0].startswith("runs: 17 finished, 1 failed, 1 skipped")
     assert any(line.startswith("Table I dice: SegAN ") for line in lines)
     assert any(line.startswith("transfer vs scratch") for line in lines)
     assert report_summary_lines(study["path"]) == lines
@@ -217,11 +270,18 @@ def test_summary_lines(study: dict) -> None:
 def test_sparse_and_empty_studies(study: dict, tmp_path: Path) -> None:
     store = study["store"]
     exp = store.experiment("table1-only")
-    store.child(exp, "table1/segan-cat", {"kind": "train", "family": "table1", "modalities": FOUR},
-                {"flair-t1-t1c-t2": rows([0.8, 0.9])})
+    tags = {"kind": "train", "family": "table1", "modalities": FOUR}
+    store.child(exp, "table1/segan-cat", tags, {"flair-t1-t1c-t2": rows([0.8, 0.9])})
+    store.child(exp, "table1/segan-cat/tc", {**tags, "region": "tc"},
+                {"flair-t1-t1c-t2": rows([0.5, 0.6])})
     md = write_report(store.uri, "table1-only", tmp_path / "a").read_text()
-    for line in ("No finished unimodal SegAN-CAT runs.", "No finished cross-modality evaluation runs.",
-                 "No finished transfers from FLAIR.", "No finished transfer runs."):
+    assert "## Table I — multimodal models — region TC" in md
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert list(report["regions"]) == ["wt", "tc"]
+    assert report["regions"]["tc"]["table1"][0]["paper"] is None
+    for line in ("No finished unimodal SegAN-CAT runs.", "No finished transfer runs.",
+                 "No finished cross-modality evaluation runs.",
+                 "No finished transfers from FLAIR."):
         assert line in md
     assert not list((tmp_path / "a").glob("*.png"))
     store.experiment("empty")
