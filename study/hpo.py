@@ -112,7 +112,8 @@ def run_hpo(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str
 
         callback = StudyCallback(tracker, remaining, 0, 1, open_run=open_run)
         metric, mode = grid.objective
-        searcher = OptunaSearch(metric=SCORE, mode=mode, points_to_evaluate=points or None,
+        searcher = OptunaSearch(metric=SCORE, mode=mode,
+                                points_to_evaluate=[{f"sampled/{k}": v for k, v in p.items()} for p in points] or None,
                                 evaluated_rewards=rewards or None, seed=int(spec.tags["seed"]))
         max_t = int(spec.config["train"]["max_epochs"])
         # max_t past the last epoch: a sample that survives every rung ends on its own and

