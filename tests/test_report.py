@@ -16,7 +16,8 @@ import pytest
 
 from core.errors import UserError
 from core.metrics import summarize
-from study.report import report_summary_lines, seed_interval, write_report
+from study.report import report_summary_lines, write_report
+from study.report_stats import seed_interval
 
 NAN = math.nan
 FOUR = "flair,t1,t1c,t2"
