@@ -56,17 +56,22 @@ def machine() -> str:
     model = platform.processor() or "unknown CPU"
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                     if line.startswith("Model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in out.splitlines()
+            if line.startswith("Model name")
+        )
     except (OSError, subprocess.SubprocessError, StopIteration):
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import torch
     import zarr
 
-    return (f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; Python "
-            f"{platform.python_version()}, numpy {np.__version__}, zarr {zarr.__version__}, "
-            f"torch {torch.__version__}")
+    return (
+        f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; Python "
+        f"{platform.python_version()}, numpy {np.__version__}, zarr {zarr.__version__}, "
+        f"torch {torch.__version__}"
+    )
 
 
 def dir_bytes(path: Path) -> int:
@@ -86,8 +91,10 @@ def source_root(work: Path, samples: Path, n_synthetic: int) -> Path:
 
         t = time.perf_counter()
         write_synthetic_brats(root / "synthetic", n_cases=n_synthetic, shape=(240, 240, 155))
-        print(f"generated {n_synthetic} synthetic 240x240x155 cases in "
-              f"{time.perf_counter() - t:.0f} s")
+        print(
+            f"generated {n_synthetic} synthetic 240x240x155 cases in "
+            f"{time.perf_counter() - t:.0f} s"
+        )
     return root
 
 
@@ -118,7 +125,7 @@ def bench_direct(location: Path, batches: int) -> float:
         out = np.empty((BATCH, 4, CROP, CROP), np.float32)
         for k, (cid, z) in enumerate(random_items(store, BATCH, rng)):
             y, x = rng.randrange(h - CROP + 1), rng.randrange(w - CROP + 1)
-            out[k] = store.read_image(cid, MODALITIES, z, dtype=None)[:, y:y + CROP, x:x + CROP]
+            out[k] = store.read_image(cid, MODALITIES, z, dtype=None)[:, y : y + CROP, x : x + CROP]
             store.read_labels(cid, z)
     return batches * BATCH / (time.perf_counter() - t)
 
@@ -132,8 +139,13 @@ def bench_dataset(location: Path, batches: int, workers: int) -> float:
 
     torch.set_num_threads(1)
     ds = SliceDataset(location, "train", MODALITIES, CROP, train=True, cache=False)
-    loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        ds,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(0),
+    )
     it = iter(loader)
     next(it)  # worker start-up is not throughput
     t, n = time.perf_counter(), 0
@@ -162,11 +174,11 @@ def bench_nifti(root: Path, store: BratsStore, n_slices: int) -> float:
         for m in MODALITIES:
             lo, hi = info["percentiles"][m]
             sl = np.asarray(nib.load(case.images[m]).dataobj[..., zz], dtype=np.float32)
-            sl = sl[x0:x0 + 180, y0:y0 + 180].T
+            sl = sl[x0 : x0 + 180, y0 : y0 + 180].T
             channels.append(np.clip((sl - lo) / (hi - lo), 0, 1))
         np.asarray(nib.load(case.label).dataobj[..., zz])  # type: ignore[arg-type]
         y, x = rng.randrange(180 - CROP + 1), rng.randrange(180 - CROP + 1)
-        np.stack(channels)[:, y:y + CROP, x:x + CROP]
+        np.stack(channels)[:, y : y + CROP, x : x + CROP]
     return n_slices / (time.perf_counter() - t)
 
 
@@ -179,14 +191,21 @@ def bench_variants(root: Path, work: Path, batches: int, rows: list[dict]) -> No
         t = time.perf_counter()
         write_store(out, pre, dict(base, cases=base["cases"]), spec)
         write_s = (time.perf_counter() - t) / len(pre)
-        rows.append({
-            "variant": f"{spec.image_dtype} {spec.codec}", "bytes_per_case": dir_bytes(out) / len(pre),
-            "write_s_per_case": write_s, "direct": bench_direct(out, batches),
-            "dataset": bench_dataset(out, batches, 0),
-        })
-        print(f"  {rows[-1]['variant']:<20} {rows[-1]['bytes_per_case'] / 2**20:7.1f} MiB/case "
-              f"write {write_s:5.2f} s/case   direct {rows[-1]['direct']:6.0f} slices/s   "
-              f"SliceDataset {rows[-1]['dataset']:6.0f} slices/s", flush=True)
+        rows.append(
+            {
+                "variant": f"{spec.image_dtype} {spec.codec}",
+                "bytes_per_case": dir_bytes(out) / len(pre),
+                "write_s_per_case": write_s,
+                "direct": bench_direct(out, batches),
+                "dataset": bench_dataset(out, batches, 0),
+            }
+        )
+        print(
+            f"  {rows[-1]['variant']:<20} {rows[-1]['bytes_per_case'] / 2**20:7.1f} MiB/case "
+            f"write {write_s:5.2f} s/case   direct {rows[-1]['direct']:6.0f} slices/s   "
+            f"SliceDataset {rows[-1]['dataset']:6.0f} slices/s",
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -209,8 +228,10 @@ def main() -> int:
         store = BratsStore(location)
         n_cases = len(store.case_ids())
         report.update(cases=n_cases, prepare_s_per_case=prep, raw_bytes_per_case=raw / n_cases)
-        print(f"{n_cases} cases, crop 180x180x128; source .nii.gz {raw / n_cases / 2**20:.1f} "
-              f"MiB/case (full 240x240x155 volumes)")
+        print(
+            f"{n_cases} cases, crop 180x180x128; source .nii.gz {raw / n_cases / 2**20:.1f} "
+            f"MiB/case (full 240x240x155 volumes)"
+        )
         print(f"prepare: {prep[1]:.2f} s/case with 1 worker, {prep[2]:.2f} s/case with 2")
         print(f"random batches of {BATCH} slices, 4 modalities, {CROP}x{CROP} random crops:")
         rows: list[dict] = []
@@ -218,11 +239,12 @@ def main() -> int:
         report["variants"] = rows
         loader = bench_dataset(location, args.batches, 2)
         nifti = bench_nifti(root, store, 32)
-        report.update(dataloader_2_workers=loader, nifti=nifti,
-                      default=store.manifest["layout"])
-        print(f"default store ({store.manifest['layout']['image_dtype']} "
-              f"{store.manifest['layout']['codec']}): DataLoader(num_workers=2) "
-              f"{loader:.0f} slices/s")
+        report.update(dataloader_2_workers=loader, nifti=nifti, default=store.manifest["layout"])
+        print(
+            f"default store ({store.manifest['layout']['image_dtype']} "
+            f"{store.manifest['layout']['codec']}): DataLoader(num_workers=2) "
+            f"{loader:.0f} slices/s"
+        )
         print(f"NIfTI baseline: {nifti:.1f} slices/s -> store/NIfTI = {loader / nifti:.0f}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,9 @@ def test_output_exists_and_is_not_a_store(tmp_path: Path) -> None:
         BratsStore(out)
 
 
-def test_interrupted_prepare_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_prepare_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "brats"
     for i in range(3):
         make_case(root, f"Brats18_TCIA01_00{i}_1")
@@ -197,3 +199,16 @@ def test_interrupted_prepare_leaves_nothing(tmp_path: Path, monkeypatch: pytest.
         prepare(root, tmp_path / "s.zarr", PARAMS, log=lambda _: None)
     assert not (tmp_path / "s.zarr").exists()
     _no_leftovers(tmp_path)
+
+
+def test_strict_with_parallel_workers_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "brats"
+    for i in range(3):
+        make_case(root, f"Brats18_TCIA01_00{i}_1")
+    make_case(root, BAD, edit=_nan)
+    with pytest.raises(DataError, match="NaN/inf"):
+        prepare(root, tmp_path / "s.zarr", PARAMS, workers=2, strict=True, log=lambda _: None)
+    assert not (tmp_path / "s.zarr").exists()
+    _no_leftovers(tmp_path)
+    result = prepare(root, tmp_path / "s.zarr", PARAMS, workers=2, log=lambda _: None)
+    assert result.written == 3 and len(result.skipped) == 1

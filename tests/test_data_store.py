@@ -78,12 +78,25 @@ def test_read_back_equals_preprocessing(real_store: Path, brats_samples: Path) -
     assert store.read_mask(cid, "wt", z=slice(2, 4)).shape == (2, 96, 96)
 
 
+def test_fast_slice_reads_equal_zarr_reads(real_store: Path) -> None:
+    fast, slow = BratsStore(real_store), BratsStore(real_store)
+    slow._local = None  # force zarr's own read path
+    for cid in IDS:
+        empty = int(np.argmin(slow.read_mask(cid).sum(axis=(1, 2))))  # no chunk file on disk
+        for z in (0, 7, empty, -1):
+            np.testing.assert_array_equal(
+                fast.read_image(cid, ["t1", "flair"], z), slow.read_image(cid, ["t1", "flair"], z)
+            )
+            np.testing.assert_array_equal(fast.read_labels(cid, z), slow.read_labels(cid, z))
+
+
 def test_regions_per_release(real_store: Path) -> None:
     store = BratsStore(real_store)
     labels = store.read_labels("BraTS-GLI-00000-000")
     np.testing.assert_array_equal(store.read_mask("BraTS-GLI-00000-000", "et"), labels == 3)
     np.testing.assert_array_equal(
-        store.read_mask("Brats18_2013_11_1", "tc"), np.isin(store.read_labels("Brats18_2013_11_1"), [1, 4])
+        store.read_mask("Brats18_2013_11_1", "tc"),
+        np.isin(store.read_labels("Brats18_2013_11_1"), [1, 4]),
     )
 
 

@@ -44,4 +44,4 @@ def test_init_matches_reference_std():
     torch.manual_seed(0)
     seg = build_networks(4, ModelConfig()).segmentor
     w = seg.enc4.conv.weight  # 4x4 kernel, 512 outputs: std sqrt(2/(16·512))
-    assert float(w.std()) == pytest.approx((2 / (16 * 512)) ** 0.5, rel=0.02)
+    assert w.std().item() == pytest.approx((2 / (16 * 512)) ** 0.5, rel=0.02)

@@ -10,7 +10,7 @@ import torch
 from core.checkpoint import load_checkpoint
 from core.config import load_config
 from core.errors import CheckpointError, ConfigError
-from core.trainer import build_state, fit, resolve_device, train_step
+from core.trainer import StopTraining, build_state, fit, resolve_device, train_step
 from tests.toy_data import phantom_data
 
 
@@ -21,11 +21,17 @@ def tiny_cfg(**overrides):
 
 
 def test_tiny_model_learns_discs(tmp_path):
-    cfg = tiny_cfg(**{"train.max_epochs": 30, "data.slices_per_epoch": 0,
+    cfg = tiny_cfg(**{"train.max_epochs": 40, "data.slices_per_epoch": 0,
                       "model.width": 0.25, "train.patience": 0})
+
+    def stop_when_learned(report):
+        if report["val/dice"] > 0.85:
+            raise StopTraining
+
     start = time.monotonic()
-    result = fit(cfg, tmp_path, data_source=phantom_data(n_train=96))
+    result = fit(cfg, tmp_path, callback=stop_when_learned, data_source=phantom_data(n_train=96))
     assert time.monotonic() - start < 60
+    assert result.stopped == "callback", "never reached dice 0.85"
     assert result.best_score > 0.8, result.history[-1]
     assert result.history[0]["val/dice"] < result.best_score
     best = load_checkpoint(result.best_path)
