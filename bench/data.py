@@ -70,7 +70,7 @@ def machine() -> str:
     return (
         f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; Python "
         f"{platform.python_version()}, numpy {np.__version__}, zarr {zarr.__version__}, "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f} at start"
     )
 
 
@@ -239,13 +239,17 @@ def main() -> int:
         report["variants"] = rows
         loader = bench_dataset(location, args.batches, 2)
         nifti = bench_nifti(root, store, 32)
-        report.update(dataloader_2_workers=loader, nifti=nifti, default=store.manifest["layout"])
-        print(
-            f"default store ({store.manifest['layout']['image_dtype']} "
-            f"{store.manifest['layout']['codec']}): DataLoader(num_workers=2) "
-            f"{loader:.0f} slices/s"
+        layout = store.manifest["layout"]
+        default = next(
+            r for r in rows if r["variant"] == f"{layout['image_dtype']} {layout['codec']}"
         )
-        print(f"NIfTI baseline: {nifti:.1f} slices/s -> store/NIfTI = {loader / nifti:.0f}x")
+        report.update(dataloader_2_workers=loader, nifti=nifti, default=layout)
+        print(f"NIfTI baseline (same random slices from the .nii.gz files): {nifti:.1f} slices/s")
+        print(
+            f"default store ({default['variant']}): SliceDataset in-process "
+            f"{default['dataset']:.0f} slices/s = {default['dataset'] / nifti:.0f}x NIfTI; "
+            f"DataLoader(num_workers=2) {loader:.0f} slices/s = {loader / nifti:.0f}x NIfTI"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
