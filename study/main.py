@@ -135,6 +135,9 @@ def start_study(args: argparse.Namespace, grid: Grid, store: str, manifest: dict
          "data": store}, indent=2))
     print_dashboard(init_ray(args.address))
     tracker = Tracker(uri, experiment, artifact_root=study_dir / "mlartifacts" if uri.startswith("sqlite") else None)
+    stale = tracker.close_running("KILLED", "an earlier invocation stopped without ending it")
+    if stale:
+        print(f"closed {stale} run(s) left RUNNING by an earlier invocation (now KILLED)", flush=True)
     context = {"budget": grid.budget, "store_id": manifest["store_id"], "code_version": code_version()}
     tracker.start_parent(f"{grid.name} {time.strftime('%Y-%m-%d %H:%M')}", {**context, "grid": grid.name},
                          {"grid": grid.name, "budget": grid.budget, "data": store, "hardware": hardware(),
@@ -159,7 +162,9 @@ def _run(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str, A
         status = "KILLED" if outcome.interrupted else "FINISHED"
     finally:
         summary = {"trials": len(grid.trials)}
-        if status != "FAILED":
+        if status == "FAILED":  # the driver itself failed: leave no run RUNNING
+            tracker.close_running("FAILED", "the study driver failed")
+        else:
             summary.update(done=len(outcome.done), failed=len(outcome.failed), skipped=len(outcome.skipped))
         tracker.end_parent(status, summary)
     _print_summary(grid, outcome, time.monotonic() - started)

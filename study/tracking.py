@@ -148,6 +148,18 @@ class Tracker:
         self.finish(run_id, "KILLED")
         return run_id
 
+    def close_running(self, status: str, reason: str) -> int:
+        """End every run of this experiment still marked RUNNING (a driver died or failed
+        mid-stage); a later invocation reopens the cells it resumes. Returns the count."""
+        n = 0
+        for run in self._search("attributes.status = 'RUNNING'"):
+            if run.info.run_id == self.parent_id:
+                continue
+            self.client.set_tag(run.info.run_id, "closed_because", reason)
+            self.client.set_terminated(run.info.run_id, status)
+            n += 1
+        return n
+
     def load_json(self, run_id: str, artifact_file: str) -> Any:
         import mlflow.artifacts
 
