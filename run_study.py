@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `run_study.py --dry-run | head`
+        sys.stderr.close()
+        return 0
     except Exception as exc:  # noqa: BLE001 - user-facing one-line errors
         from core.errors import UserError
 

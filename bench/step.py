@@ -70,14 +70,23 @@ def bench(name: str, steps: int, channels_last: bool) -> dict[str, float]:
         train_step(trainer_state, cfg, image, mask, scalers, autocast)
         minimal_step(minimal_state, cfg, image, mask)
     t_trainer, t_minimal = [], []
-    for _ in range(steps):  # interleaved, so drift in machine load hits both alike
+    def run_trainer() -> float:
         t0 = time.perf_counter()
         train_step(trainer_state, cfg, image, mask, scalers, autocast)
-        t1 = time.perf_counter()
+        return time.perf_counter() - t0
+
+    def run_minimal() -> float:
+        t0 = time.perf_counter()
         minimal_step(minimal_state, cfg, image, mask)
-        t2 = time.perf_counter()
-        t_trainer.append(t1 - t0)
-        t_minimal.append(t2 - t1)
+        return time.perf_counter() - t0
+
+    for i in range(steps):  # interleaved, alternating who goes first: load drift and cache
+        if i % 2:           # effects hit both alike
+            t_trainer.append(run_trainer())
+            t_minimal.append(run_minimal())
+        else:
+            t_minimal.append(run_minimal())
+            t_trainer.append(run_trainer())
     trainer, minimal = statistics.median(t_trainer), statistics.median(t_minimal)
     return {"slices_per_s": batch / trainer, "step_s": trainer, "minimal_step_s": minimal,
             "ratio": trainer / minimal}

@@ -29,7 +29,8 @@ AXES: dict[str, tuple[str, ...]] = {
     "transfer": ("variant", "source", "target", "freeze", "region"),
     "evaluate": (),
 }
-GRID_KEYS = ("description", "budget", "objective", "seeds", "include", "families", "search")
+GRID_KEYS = ("description", "budget", "objective", "seeds", "seeds_by_budget", "include", "families",
+             "search")
 FAMILY_KEYS = ("kind", "axes", "overrides", "source_family", "eval_modalities")
 SOURCE_PLACEHOLDER = "trial:"
 
@@ -103,6 +104,16 @@ def load_grid_data(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
         families.update(load_grid_data(inc, (*_seen, name)).get("families", {}))
     families.update(data.get("families", {}) or {})
     return {**data, "families": families, "name": path.stem}
+
+
+def grid_seeds(data: Mapping[str, Any], budget: str) -> tuple[int, ...]:
+    """The grid's seeds for a budget: ``seeds_by_budget[budget]`` if given, else ``seeds``."""
+    by_budget = data.get("seeds_by_budget") or {}
+    seeds = by_budget.get(budget, data.get("seeds") or [0])
+    try:
+        return tuple(int(s) for s in seeds)
+    except (TypeError, ValueError):
+        raise ConfigError(f"grid {data.get('name')}: seeds must be integers, got {seeds!r}") from None
 
 
 def _as_modalities(value: Any, where: str) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from core.config import MODALITIES
 from core.errors import UserError
-from study.grids import ExpandContext, Grid, expand, list_grids, load_grid_data
+from study.grids import ExpandContext, Grid, expand, grid_seeds, list_grids, load_grid_data
 
 SYNTHETIC_DIR = Path("data") / "synthetic"
 
@@ -87,11 +87,33 @@ def print_plan(grid: Grid) -> None:
 def _expand(args: argparse.Namespace, store: str, manifest: dict[str, Any]) -> Grid:
     data = load_grid_data(args.grid)
     budget = args.budget or data.get("budget") or "cpu"
-    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else tuple(data.get("seeds") or [0])
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else grid_seeds(data, budget)
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
     overrides = parse_sets(args.set)
     ctx = ExpandContext(budget, store, manifest["store_id"], seeds,
                         tuple(p.resolve() for p in args.overlay), overrides)
     return expand(args.grid, ctx)
+
+
+def preflight(grid: Grid, store: str) -> None:
+    """Fail before Ray or MLflow start when a cell cannot run on this store."""
+    from core.data.store import BratsStore
+
+    opened = BratsStore(store)
+    h, w = opened.slice_shape()
+    for t in grid.trials:
+        data = t.config["data"]
+        for key in ("train_crop", "eval_crop"):
+            if data[key] > min(h, w):
+                raise UserError(f"data.{key} {data[key]} does not fit the store's {h}x{w} slices "
+                                f"({store}); use --set data.{key}=<= {min(h, w) // 16 * 16}")
+        missing = [m for m in data["modalities"] if m not in opened.modalities]
+        if missing:
+            raise UserError(f"{t.name}: store {store} has no modality {', '.join(missing)}")
+    if not opened.case_ids("train") or not opened.case_ids("val"):
+        raise UserError(f"store {store} needs train and val cases; re-run prepare with --val-fraction")
 
 
 def run_study_command(args: argparse.Namespace) -> int:
@@ -108,6 +130,7 @@ def run_study_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(grid)
         return 0
+    preflight(grid, store)
     if grid.search:
         from study.hpo import run_hpo
 

@@ -100,3 +100,29 @@ def test_never_request_a_gpu_the_cluster_lacks():
         decide_gpus(1, 0)
     with pytest.raises(UserError, match="exceeds"):
         decide_gpus(3, 2)
+
+
+def test_paper_budget_runs_three_seeds_unless_told():
+    from study.grids import grid_seeds, load_grid_data
+
+    data = load_grid_data("transfer_all")
+    assert grid_seeds(data, "paper") == (0, 1, 2)
+    assert grid_seeds(data, "cpu") == (0,)
+
+
+def test_a_crop_larger_than_the_store_fails_before_anything_starts(synthetic_store, tmp_path, capsys):
+    study_dir = tmp_path / "never"
+    rc = run_study.main(["--grid", "smoke", "--data", str(synthetic_store), "--study-dir", str(study_dir),
+                         "--set", "data.eval_crop=96"])
+    assert rc == 2
+    assert "data.eval_crop 96 does not fit the store's 80x80 slices" in capsys.readouterr().err
+    assert not study_dir.exists()
+
+
+def test_describe_model_prints_reference_counts(capsys):
+    assert run_study.main(["describe-model", "--variant", "segan-cat"]) == 0
+    out = capsys.readouterr().out
+    assert "4,308,225" in out and "661,312" in out
+    assert run_study.main(["describe-model", "--variant", "segan", "--modalities", "flair"]) == 0
+    assert "critic input multiply" in capsys.readouterr().out
+    assert run_study.main(["describe-model", "--variant", "segan-xl"]) == 2
