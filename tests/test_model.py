@@ -24,11 +24,12 @@ def test_multiply_critic_has_one_channel_fewer():
 
 @pytest.mark.parametrize("channels", [1, 4])
 def test_shapes_and_ranges(channels):
+    torch.manual_seed(channels)
     nets = build_networks(channels, ModelConfig(width=0.125))
     x = torch.rand(3, channels, 48, 64)
     y = nets.segmentor(x)
     assert y.shape == (3, 1, 48, 64)
-    assert y.min().item() > 0 and y.max().item() < 1
+    assert y.min().item() >= 0 and y.max().item() <= 1  # sigmoid output (float32 may round to 1)
     feats = nets.critic(x, y)
     assert [f.shape[1] for f in feats] == [channels + 1, 8, 16, 32]
     assert feats[-1].shape[-2:] == (6, 8)
