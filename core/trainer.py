@@ -279,6 +279,7 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
             sampler=epoch_indices(len(train_set), data.slices_per_epoch, cfg.train.seed, state.epoch),
             drop_last=len(train_set) > data.batch_size,
             num_workers=data.num_workers,
+            pin_memory=device.type == "cuda",  # lets non_blocking copies overlap compute
         )
         sums: dict[str, float] = {}
         n = 0

@@ -68,4 +68,8 @@ def _ui(args: argparse.Namespace) -> int:
     uri, _ = study_tracking(args.study.resolve(), None, None)
     cmd = ui_command(uri).replace("--port 5000", f"--port {args.port}")
     print(f"$ {cmd}\nopen http://127.0.0.1:{args.port}", flush=True)
-    return subprocess.call(cmd.split())
+    import os
+
+    # no background job runner: it costs ~1 GB and is not needed to browse runs
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return subprocess.call(cmd.split(), env=env)

@@ -114,7 +114,15 @@ def test_3_rerun_resumes_without_duplicates(study):
     # the report exists and its numbers are MLflow's
     report = study_dir / "report"
     assert (report / "report.md").exists()
-    numbers = json.loads((report / "report.json").read_text())
-    assert numbers
-    flair = next(r for r in runs if r.data.tags["mlflow.runName"] == "unimodal/segan-cat/flair/wt/seed0")
-    assert f"{flair.data.metrics['test/flair/dice']:.3f}" in (report / "report.md").read_text()
+    wt = json.loads((report / "report.json").read_text())["regions"]["wt"]
+    unimodal = {r.data.tags["modalities"]: r for r in runs if r.data.tags["family"] == "unimodal"}
+    table2 = {row["modality"]: row for row in wt["table2"]}
+    assert set(table2) == {"flair", "t1"}
+    for mod, row in table2.items():
+        assert row["dice"]["mean"] == unimodal[mod].data.metrics[f"test/{mod}/dice"]
+    md = (report / "report.md").read_text()
+    assert f"{unimodal['flair'].data.metrics['test/flair/dice']:.3f}" in md
+    evaluated = {r.data.tags["source"]: r for r in runs if r.data.tags["kind"] == "evaluate"}
+    cells = {(c["trained_on"], c["evaluated_on"]): c for c in wt["cross_modality"]["cells"]}
+    assert cells[("flair", "t1")]["dice"]["mean"] == evaluated["flair"].data.metrics["test/t1/dice"]
+    assert (report / "fig2_cross_modality.png").stat().st_size > 1000
