@@ -97,9 +97,9 @@ def run_hpo(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str
                          {"store_id": manifest["store_id"], "preprocessing": manifest.get("preprocessing", {})},
                          split, resources, {**context, "eval_split": split})
     if remaining:
-        from study.runner import _cluster_gpus, decide_gpus
+        from study.runner import cluster_gpus, decide_gpus
 
-        gpus = decide_gpus(resources.gpus_per_trial, _cluster_gpus())
+        gpus = decide_gpus(resources.gpus_per_trial, cluster_gpus())
         cell = runner._cell(spec, "", None, gpus)
 
         def open_run(trial: Any) -> str:

@@ -144,19 +144,21 @@ def _study_dir(args: argparse.Namespace, grid: Grid) -> Path:
     return path
 
 
-def start_study(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str, Any]) -> tuple[Any, Path, dict[str, str]]:
+def start_study(args: argparse.Namespace, grid: Grid, store: str,
+                manifest: dict[str, Any]) -> tuple[Any, Path, dict[str, str]]:
     """Study folder, Ray, MLflow tracker with its parent run; returns (tracker, dir, tags)."""
     from core.checkpoint import code_version
-    from study.runner import init_ray, print_dashboard
+    from study.runner import cluster_gpus, decide_gpus, init_ray, print_dashboard
     from study.tracking import Tracker, default_tracking_uri
 
+    print_dashboard(init_ray(args.address))
+    decide_gpus(args.gpus_per_trial, cluster_gpus())  # refuse impossible requests before logging
     study_dir = _study_dir(args, grid)
     uri = args.tracking_uri or default_tracking_uri(study_dir)
     experiment = args.experiment or f"study-{grid.name}"
     (study_dir / "study.json").write_text(json.dumps(
         {"tracking_uri": uri, "experiment": experiment, "grid": grid.name, "budget": grid.budget,
          "data": store}, indent=2))
-    print_dashboard(init_ray(args.address))
     tracker = Tracker(uri, experiment, artifact_root=study_dir / "mlartifacts" if uri.startswith("sqlite") else None)
     stale = tracker.close_running("KILLED", "an earlier invocation stopped without ending it")
     if stale:

@@ -100,7 +100,7 @@ class StudyRunner:
     def run_stage(self, number: int, stage: list[TrialSpec]) -> StageOutcome:
         outcome = StageOutcome()
         runs = self.tracker.trial_runs()
-        gpus = decide_gpus(self.resources.gpus_per_trial, _cluster_gpus())
+        gpus = decide_gpus(self.resources.gpus_per_trial, cluster_gpus())
         cells = []
         for spec in stage:
             run = runs.get(spec.trial_id)
@@ -179,7 +179,7 @@ class StudyRunner:
                 self.tracker.finish(cell["run_id"], "KILLED")
 
 
-def _cluster_gpus() -> float:
+def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))

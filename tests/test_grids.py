@@ -126,3 +126,12 @@ def test_describe_model_prints_reference_counts(capsys):
     assert run_study.main(["describe-model", "--variant", "segan", "--modalities", "flair"]) == 0
     assert "critic input multiply" in capsys.readouterr().out
     assert run_study.main(["describe-model", "--variant", "segan-xl"]) == 2
+
+
+def test_a_gpu_request_without_gpus_fails_before_logging(synthetic_store, tmp_path, ray_session, capsys):
+    study_dir = tmp_path / "never"
+    rc = run_study.main(["--grid", "smoke", "--data", str(synthetic_store), "--study-dir", str(study_dir),
+                         "--gpus-per-trial", "1"])
+    assert rc == 2
+    assert "the Ray cluster has no GPU" in capsys.readouterr().err
+    assert not study_dir.exists()
