@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +23,10 @@ from torch import nn
 from core.config import ExperimentConfig, from_dict
 from core.errors import CheckpointError
 from core.model import Critic, Segmentor
+from core.version import code_version  # noqa: F401 - re-exported for the trainer
 
 FORMAT = "segan-study-checkpoint/1"
 _REPO = Path(__file__).resolve().parents[1]
-
-
-def code_version() -> str:
-    """Git commit (with ``-dirty``) of this checkout, else the package version."""
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=_REPO, capture_output=True, text=True, timeout=5, check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return version("segan-study")
-        except PackageNotFoundError:
-            return "unknown"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

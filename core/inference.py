@@ -26,24 +26,12 @@ import numpy as np
 import torch
 
 from core.checkpoint import build_segmentor
-from core.errors import CheckpointError, DataError, UserError
+from core.device import resolve_device  # noqa: F401 - used by the predict CLI
+from core.errors import CheckpointError, DataError
 from core.validation import predict_volume
 
 ALIGN = 16  # the segmentor's four stride-2 stages
 REQUIRED_KEYS = ("config", "in_channels", "modalities", "segmentor")
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """'auto' → CUDA when available, else CPU; 'cuda[:N]' without a GPU is a UserError."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but no CUDA device is available")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
-    return torch.device(name)
 
 
 def preprocess_params(state: Mapping[str, Any]) -> Any:

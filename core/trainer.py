@@ -29,6 +29,7 @@ from core.checkpoint import (
     weights_digest,
 )
 from core.config import ExperimentConfig
+from core.device import resolve_device
 from core.errors import ConfigError
 from core.freezing import Strategy, apply_strategy, get_strategy, set_train_mode
 from core.losses import dice_loss, multiscale_l1
@@ -40,15 +41,6 @@ class StopTraining(Exception):
 
 
 Callback = Callable[[dict[str, Any]], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU. Asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -256,7 +248,7 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     seed_everything(cfg.train.seed)
     state = build_state(cfg, device)
     if resume and last_path.exists():

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from core.data.brats import check_names
 from core.data.preprocess import PreprocessedCase, region_mask
 from core.data.splits import SPLITS
 from core.errors import DataError
+from core.version import code_version  # noqa: F401 - part of this module's API
 
 FORMAT = "segan-brats-store"
 FORMAT_VERSION = 1
@@ -59,26 +59,6 @@ class StorageSpec:
         if self.codec == "blosc-zstd":
             return BloscCodec(cname="zstd", clevel=self.level, shuffle="shuffle")
         raise DataError(f"unknown codec {self.codec!r}; valid: none, zstd, blosc-lz4, blosc-zstd")
-
-
-def code_version() -> str:
-    """Git commit (plus "-dirty") of the code, or the package version outside a git clone."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(_REPO), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return f"segan-study {version('segan-study')}"
-        except PackageNotFoundError:
-            return "unknown"
 
 
 def store_id(manifest: dict[str, Any]) -> str:
