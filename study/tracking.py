@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import flatten
+from core.errors import UserError
 
 # A dead server must not hang the study for minutes per call (stack-notes).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
@@ -49,7 +50,11 @@ class Tracker:
         self.tracking_uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+        except Exception as exc:  # noqa: BLE001 - any transport/store failure: one clear line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"MLflow tracking at {tracking_uri} is not usable: {first[:300]}") from None
         if exp is None:
             location = artifact_root.resolve().as_uri() if artifact_root else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
