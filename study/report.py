@@ -59,7 +59,7 @@ PAPER_TABLE2 = {"t1": (0.538, 0.542), "t1c": (0.578, 0.587), "t2": (0.721, 0.675
                 "flair": (0.810, 0.763)}  # dice (2015, 2019)
 PAPER_TABLE3 = {("t2", "s_din"): (0.781, 0.741)}  # (target, freeze) -> dice (2015, 2019)
 TABLE3_FREEZES = ("full", "s_din")
-SEED_CI = "95% Student-t interval over the seeds' means"
+SEED_CI = "95% Student-t interval over the seeds' means, clipped to [0, 1]"
 VOLUME_CI = "95% percentile bootstrap over test volumes (2000 resamples)"
 PAIRED_CI = "95% bootstrap over volumes of the per-volume difference (paired by case_id)"
 

@@ -167,6 +167,9 @@ def cell_stats(runs: Iterable[TrialRun], key: str, metric: str,
                 "seed_ci_low": None, "seed_ci_high": None}
     means = [float(p["mean"]) for p in per_seed]
     lo, hi = seed_interval(means)
+    # dice, precision and sensitivity live in [0, 1]; a t-interval over 2–3 seeds can
+    # overshoot, so it is clipped to the metric's range
+    lo, hi = max(lo, 0.0), min(hi, 1.0)
     values = _stack(vols, list(seeds.values()), key, metric)
     vol = summarize(_nanmean0(values)) if values.size else None
     return {**cell, "mean": float(np.mean(means)), "ci_low": vol.ci_low if vol else None,
