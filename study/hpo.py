@@ -77,8 +77,8 @@ def run_hpo(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     from study.callbacks import StudyCallback
-    from study.main import eval_split_of, start_study
-    from study.runner import Resources, StudyRunner, run_tag_values
+    from study.main import make_runner, start_study
+    from study.runner import run_tag_values
     from study.trainable import run_trial, sampled_id
 
     if len(grid.trials) != 1:
@@ -90,28 +90,22 @@ def run_hpo(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str
     points, rewards = previous_samples(tracker, spec.family, list(space))
     remaining = max(0, wanted - len(points))
     print(f"hpo: {len(points)} samples already done, {remaining} to run", flush=True)
-    split = eval_split_of(store)
-    resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
-                          args.max_failures, args.inject_failure)
-    runner = StudyRunner(grid, tracker, study_dir, store,
-                         {"store_id": manifest["store_id"], "preprocessing": manifest.get("preprocessing", {})},
-                         split, resources, {**context, "eval_split": split})
+    runner = make_runner(args, grid, store, manifest, tracker, study_dir, context)
+    resources, tags_context = runner.resources, runner.context_tags
     if remaining:
-        from study.runner import cluster_gpus, decide_gpus
-
-        gpus = decide_gpus(resources.gpus_per_trial, cluster_gpus())
-        cell = runner._cell(spec, "", None, gpus)
+        gpus = runner.trial_gpus()
+        cell = runner.cell(spec, "", None)
 
         def open_run(trial: Any) -> str:
             sampled = trial.config["sampled"]
             sid = sampled_id(sampled)
-            tags = {**run_tag_values(grid, spec, {**context, "eval_split": split}),
+            tags = {**run_tag_values(grid, spec, tags_context),
                     "trial_id": f"{spec.trial_id}-{sid}", "hpo.sampled": json.dumps(sampled, sort_keys=True),
                     "mlflow.runName": f"{spec.name}/{sid}"}
             return tracker.open_trial_run(spec, tags, None)
 
         callback = StudyCallback(tracker, remaining, 0, 1, open_run=open_run)
-        metric, mode = grid.objective
+        _, mode = grid.objective  # the score is SCORE: defined for every sample at every epoch
         searcher = OptunaSearch(metric=SCORE, mode=mode,
                                 points_to_evaluate=[{f"sampled/{k}": v for k, v in p.items()} for p in points] or None,
                                 evaluated_rewards=rewards or None, seed=int(spec.tags["seed"]))

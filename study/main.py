@@ -170,16 +170,22 @@ def start_study(args: argparse.Namespace, grid: Grid, store: str,
     return tracker, study_dir, context
 
 
-def _run(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str, Any]) -> int:
+def make_runner(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str, Any],
+                tracker: Any, study_dir: Path, context: dict[str, str]) -> Any:
+    """The StudyRunner for this invocation (resources from the flags, split from the store)."""
     from study.runner import Resources, StudyRunner
 
-    tracker, study_dir, context = start_study(args, grid, store, manifest)
     split = eval_split_of(store)
     store_info = {"store_id": manifest["store_id"], "preprocessing": manifest.get("preprocessing", {})}
     resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
                           args.max_failures, args.inject_failure)
-    runner = StudyRunner(grid, tracker, study_dir, store, store_info, split, resources,
-                         {**context, "eval_split": split})
+    return StudyRunner(grid, tracker, study_dir, store, store_info, split, resources,
+                       {**context, "eval_split": split})
+
+
+def _run(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str, Any]) -> int:
+    tracker, study_dir, context = start_study(args, grid, store, manifest)
+    runner = make_runner(args, grid, store, manifest, tracker, study_dir, context)
     started = time.monotonic()
     status = "FAILED"
     try:

@@ -71,13 +71,18 @@ class StudyRunner:
         self.grid, self.tracker, self.study_dir = grid, tracker, study_dir
         self.store, self.store_info, self.eval_split = store, store_info, eval_split
         self.resources, self.context_tags = resources, context_tags
-        self.outcomes: list[StageOutcome] = []
+        self._gpus: float | None = None
+
+    def trial_gpus(self) -> float:
+        """GPUs per trial for this cluster, decided once (see ``decide_gpus``)."""
+        if self._gpus is None:
+            self._gpus = decide_gpus(self.resources.gpus_per_trial, cluster_gpus())
+        return self._gpus
 
     def run(self) -> StageOutcome:
         total = StageOutcome()
         for number, stage in enumerate(self.grid.stages(), start=1):
             outcome = self.run_stage(number, stage)
-            self.outcomes.append(outcome)
             total.done += outcome.done
             total.failed.update(outcome.failed)
             total.skipped.update(outcome.skipped)
@@ -86,21 +91,21 @@ class StudyRunner:
                 break
         return total
 
-    def _cell(self, spec: TrialSpec, run_id: str, source_ckpt: str | None, gpus: float) -> dict[str, Any]:
+    def cell(self, spec: TrialSpec, run_id: str, source_ckpt: str | None) -> dict[str, Any]:
+        """The plain-data trial config handed to the Ray trainable (absolute paths only)."""
         return {
             "trial_id": spec.trial_id, "name": spec.name, "kind": spec.kind, "config": spec.config,
             "eval_modalities": list(spec.eval_modalities), "eval_split": self.eval_split,
             "run_id": run_id, "source_checkpoint": source_ckpt, "store_info": self.store_info,
             "trial_dir": str((self.study_dir / "trials" / spec.trial_id).resolve()),
             "threads": max(1, int(self.resources.cpus_per_trial)),
-            "device": "cuda" if gpus > 0 else "cpu",
+            "device": "cuda" if self.trial_gpus() > 0 else "cpu",
             "inject_failure": self.resources.inject_failure,
         }
 
     def run_stage(self, number: int, stage: list[TrialSpec]) -> StageOutcome:
         outcome = StageOutcome()
         runs = self.tracker.trial_runs()
-        gpus = decide_gpus(self.resources.gpus_per_trial, cluster_gpus())
         cells = []
         for spec in stage:
             run = runs.get(spec.trial_id)
@@ -117,7 +122,7 @@ class StudyRunner:
                     print(f"[stage {number}] skipped {spec.name}: {reason}", flush=True)
                     continue
             run_id = self.tracker.open_trial_run(spec, tags, run)
-            cells.append(self._cell(spec, run_id, source_ckpt, gpus))
+            cells.append(self.cell(spec, run_id, source_ckpt))
         kinds = ", ".join(f"{sum(1 for s in stage if s.kind == k)} {k}" for k in
                           sorted({s.kind for s in stage}))
         print(f"\n== stage {number}: {len(stage)} trials ({kinds}); {len(outcome.done)} already "
@@ -148,9 +153,7 @@ class StudyRunner:
 
         callback = StudyCallback(self.tracker, total, done_before, number)
         res = self.resources
-        gpus = cells[0]["device"] == "cuda"
-        trainable = tune.with_resources(run_trial, {"cpu": res.cpus_per_trial,
-                                                    "gpu": res.gpus_per_trial or (1.0 if gpus else 0.0)})
+        trainable = tune.with_resources(run_trial, {"cpu": res.cpus_per_trial, "gpu": self.trial_gpus()})
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(cells)},

@@ -50,19 +50,14 @@ def _restore_from_tune(out_dir: Path) -> None:
             shutil.copy2(Path(d) / "last.pt", out_dir / "last.pt")
 
 
-def _epoch_reporter(report_every_checkpoint: bool):  # type: ignore[no-untyped-def]
+def _report_epoch(report: dict[str, Any]) -> None:
+    """Trainer callback: the epoch's numbers to Tune, with core's ``last.pt`` as checkpoint."""
     from ray import tune
 
-    def callback(report: dict[str, Any]) -> None:
-        numbers = {k: v for k, v in report.items() if isinstance(v, (int, float))}
-        if not report_every_checkpoint:
-            tune.report(numbers)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copy2(report["checkpoint"], Path(tmp) / "last.pt")
-            tune.report(numbers, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-    return callback
+    numbers = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy2(report["checkpoint"], Path(tmp) / "last.pt")
+        tune.report(numbers, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def test_metrics(state: dict[str, Any], store: str, eval_sets: list[str], split: str,
@@ -109,7 +104,7 @@ def run_trial(config: dict[str, Any]) -> None:
         state = load_checkpoint(cell["source_checkpoint"])
     else:
         _restore_from_tune(out_dir)
-        result = fit(cfg, out_dir, callback=_epoch_reporter(cell.get("tune_checkpoints", True)),
+        result = fit(cfg, out_dir, callback=_report_epoch,
                      store_info=cell["store_info"])
         state = load_checkpoint(result.best_path)
         # val/best_dice and epoch again: schedulers check every result for their metric
