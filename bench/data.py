@@ -34,8 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.data.brats import MODALITIES, discover_cases  # noqa: E402
-from core.data.commands import prepare  # noqa: E402
+from core.data.brats import discover_cases  # noqa: E402
+from core.vocabulary import MODALITIES  # noqa: E402
+from core.data.prepare import prepare  # noqa: E402
 from core.data.preprocess import PreprocessParams, preprocess_case  # noqa: E402
 from core.data.store import BratsStore, StorageSpec, write_store  # noqa: E402
 

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from core.config import MODALITIES, load_config
+from core.config import load_config
 from core.errors import ConfigError
 from core.model import build_networks, count_parameters, layer_table
-
-# variant name -> config overrides (the grids use the same table)
-VARIANTS: dict[str, dict[str, object]] = {
-    "segan": {"model.critic_input": "multiply", "loss.dice_weight": 0.0},
-    "segan-dice": {"model.critic_input": "multiply", "loss.dice_weight": 1.0},
-    "segan-cat": {"model.critic_input": "concat", "loss.dice_weight": 1.0},
-}
+from core.vocabulary import MODALITIES, VARIANTS
 
 
 def variant_overrides(name: str) -> dict[str, object]:

@@ -20,9 +20,14 @@ from typing import Any
 import yaml
 
 from core.errors import ConfigError
+from core.vocabulary import MODALITIES, REGIONS
 
-MODALITIES = ("flair", "t1", "t1c", "t2")
-REGIONS = ("wt", "tc", "et")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+LR_SCHEDULES = ("constant", "cosine")
+RETIRED_KEYS = {
+    "data.eval_crop": "the evaluation window belongs to the protocol (core/protocol.py), "
+                      "not to a config",
+}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -54,8 +59,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    l1_mode: str = "per_layer"
-    """'per_layer' (paper: mean of per-layer means) or 'global' (reference code: one mean)."""
+    l1_mode: str = "global"
+    """'global' (the authors' code: one mean over all critic features, so each layer weighs
+    by its size, as in the paper's Eq. 1) or 'per_layer' (mean of per-layer means)."""
     dice_weight: float = 1.0
     """Weight of the dice term in the segmentor loss; 0 gives the SegAN baseline."""
     dice_eps: float = 1e-6
@@ -76,12 +82,20 @@ class OptimConfig:
     eps: float = 1e-7
     critic_clip: float = 0.05
     """Critic conv kernels are clipped to ±this after every critic update."""
+    lr_schedule: str = "constant"
+    """'constant' (the paper) or 'cosine' (decay to ``lr_floor``·lr over the epoch or
+    time budget, whichever ends first; see ``core.trainer.set_learning_rates``)."""
+    lr_floor: float = 0.05
+    """Final learning-rate factor of the cosine schedule."""
 
     def __post_init__(self) -> None:
         _check(self.lr_s > 0, "optim.lr_s", f"must be > 0, got {self.lr_s}")
         _check(self.lr_d > 0, "optim.lr_d", f"must be > 0, got {self.lr_d}")
         _check(0 <= self.rho < 1, "optim.rho", f"must be in [0, 1), got {self.rho}")
         _check(self.critic_clip > 0, "optim.critic_clip", "must be > 0")
+        _check(self.lr_schedule in LR_SCHEDULES, "optim.lr_schedule",
+               f"must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        _check(0 <= self.lr_floor <= 1, "optim.lr_floor", f"must be in [0, 1], got {self.lr_floor}")
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,7 @@ class DataConfig:
     """Input channels in order: 4 for multimodal, 1 for unimodal models."""
     region: str = "wt"
     train_crop: int = 160
-    eval_crop: int = 160
+    """Side of the random training crops; evaluation is fixed by ``core.protocol``."""
     batch_size: int = 64
     slices_per_epoch: int = 0
     """0 = every training slice each epoch; N = a seeded random subset of N slices."""
@@ -107,9 +121,8 @@ class DataConfig:
                    f"unknown modality {m!r}{_suggest(m, MODALITIES)}; valid: {', '.join(MODALITIES)}")
         _check(len(set(self.modalities)) == len(self.modalities), "data.modalities", "duplicates")
         _check(self.region in REGIONS, "data.region", f"must be one of {REGIONS}, got {self.region!r}")
-        for key in ("train_crop", "eval_crop"):
-            v = getattr(self, key)
-            _check(v > 0 and v % 16 == 0, f"data.{key}", f"must be a positive multiple of 16, got {v}")
+        _check(self.train_crop > 0 and self.train_crop % 16 == 0, "data.train_crop",
+               f"must be a positive multiple of 16, got {self.train_crop}")
         _check(self.batch_size > 0, "data.batch_size", f"must be > 0, got {self.batch_size}")
         _check(self.slices_per_epoch >= 0, "data.slices_per_epoch", "must be >= 0")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
@@ -127,11 +140,16 @@ class TrainConfig:
     seed: int = 1234567890
     device: str = "auto"
     """'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."""
-    amp: bool = False
-    """bfloat16/float16 autocast on CUDA only; ignored on CPU."""
+    amp: str = "auto"
+    """Mixed precision of the training step: 'auto' (bf16 on CPUs with AMX/AVX-512 BF16 and
+    on CUDA GPUs that have it, fp16 + loss scaling on older GPUs, else fp32), 'bf16',
+    'fp16' (CUDA only) or 'off'. See ``core.device.autocast_dtype``."""
     channels_last: bool = True
     threshold: float = 0.5
     val_every: int = 1
+    bn_recalibration: int = 0
+    """Training slices over which the segmentor's BatchNorm statistics are re-averaged
+    before each validation (0 = off, the paper: running statistics as trained)."""
 
     def __post_init__(self) -> None:
         _check(self.max_epochs > 0, "train.max_epochs", f"must be > 0, got {self.max_epochs}")
@@ -140,8 +158,11 @@ class TrainConfig:
         _check(self.max_seconds >= 0, "train.max_seconds", "must be >= 0")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                "train.device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _check(self.amp in AMP_MODES, "train.amp",
+               f"must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         _check(0 < self.threshold < 1, "train.threshold", "must be in (0, 1)")
         _check(self.val_every > 0, "train.val_every", "must be > 0")
+        _check(self.bn_recalibration >= 0, "train.bn_recalibration", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -154,6 +175,8 @@ class TransferConfig:
     """Carry the source's optimiser state (reference code: segmentor's only)."""
     max_epochs: int = 300
     """Epoch budget of transfer-grid cells and their from-scratch baseline (paper: 300)."""
+    max_seconds: float = 0.0
+    """Wall-time cap of transfer-grid cells and their baseline (0 = ``train.max_seconds``)."""
 
     def __post_init__(self) -> None:
         from core.freezing import STRATEGIES
@@ -162,6 +185,7 @@ class TransferConfig:
                f"unknown strategy {self.freeze!r}{_suggest(self.freeze, STRATEGIES)}; "
                f"valid: {', '.join(STRATEGIES)}")
         _check(self.max_epochs > 0, "transfer.max_epochs", "must be > 0")
+        _check(self.max_seconds >= 0, "transfer.max_seconds", "must be >= 0")
         _check(self.freeze == "scratch" or bool(self.source), "transfer.source",
                f"strategy {self.freeze!r} needs a source checkpoint")
 
@@ -237,6 +261,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
+        if path in RETIRED_KEYS:
+            raise ConfigError(f"config key {path!r} no longer exists: {RETIRED_KEYS[path]}")
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}{_suggest(key, names)}")
         tp = hints[key]
@@ -298,6 +324,20 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+AUTO_BUDGETS = {"synthetic": "demo", "real": "cpu"}
+"""What ``budget: auto`` means: a fast demo on the embedded synthetic store; the CPU
+recipe measured on real BraTS (bench/real_data.py) on any prepared real store."""
+
+
+def resolve_budget(budget: str | None, synthetic: bool) -> tuple[str, str]:
+    """(budget name, why) for a requested budget (None/'auto' = chosen by the store)."""
+    if budget and budget != "auto":
+        budget_path(budget)
+        return budget, "given"
+    kind = "synthetic" if synthetic else "real"
+    return AUTO_BUDGETS[kind], f"auto: {kind} store"
 
 
 def budget_path(budget: str) -> Path:

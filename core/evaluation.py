@@ -11,7 +11,8 @@ Reading a volume as a mask of ``region`` (the same rule for prediction and truth
 - other integer values → a BraTS label map, mapped with
   ``core.data.preprocess.region_mask`` (WT = label > 0; TC/ET per release). The release
   is the ``release`` argument, else the truth case folder's, else read from the labels
-  (3 and 4 → 2015, 3 → 2023, 4 → 2017–2021).
+  and file name (``infer_release``: 3 and 4 → 2015, 4 → 2017–2021, 3 alone → 2023 or
+  2015 by the file's naming, else an error asking for the release).
 
 Folder summaries: mean over cases with a 95% bootstrap CI (``core.metrics.summarize``);
 NaN and inf values are left out of the mean and counted separately (``n_nan``, ``n_inf``).
@@ -29,9 +30,9 @@ import numpy as np
 from core import metrics
 from core.errors import DataError
 from core.surface import hd95
+from core.vocabulary import REGIONS, SURFACE_METRICS, VOLUME_METRICS
 
-METRIC_NAMES = ("dice", "precision", "sensitivity", "specificity", "hd95")
-REGIONS = ("wt", "tc", "et")
+METRIC_NAMES = VOLUME_METRICS + SURFACE_METRICS
 _NIFTI_EXTS = (".nii.gz", ".nii")
 _PRED_SUFFIXES = ("_seg", "-seg", "_pred", "-pred", "_mask", "-mask")
 _PROB_SUFFIXES = ("_prob", "-prob")
@@ -76,20 +77,33 @@ def _release_key(release: str | None) -> str | None:
     return key[len("brats"):].lstrip("_-") if key.startswith("brats") else key
 
 
-def infer_release(values: set[int]) -> str:
-    """Label scheme read from a label map's values (see the module docstring)."""
+def infer_release(values: set[int], path: Path | None = None) -> str | None:
+    """Label scheme read from a label map's values and file name; None if ambiguous.
+
+    3 and 4 → 2015; 4 without 3 → 2017–2021. 3 without 4 is a BraTS 2023 map *or* a 2015
+    map with no enhancing tumour: the file name decides (``-seg`` / ``BraTS-…`` → 2023;
+    ``_seg``, ``.mha`` or a VSD ``OT`` name → 2015), else it is ambiguous (None).
+    """
     if 3 in values and 4 in values:
         return "2015"
-    if 3 in values:
+    if 3 not in values:
+        return "2021"
+    name = path.name.lower() if path is not None else ""
+    stem = _nifti_stem(path) if path is not None else None
+    stem = (stem or name).lower()
+    if stem.endswith("-seg") or name.startswith("brats-"):
         return "2023"
-    return "2021"
+    if stem.endswith("_seg") or name.endswith(".mha") or ".ot." in name:
+        return "2015"
+    return None
 
 
 def as_region_mask(
     volume: np.ndarray, region: str, release: str | None, path: Path, threshold: float = 0.5
 ) -> np.ndarray:
     """Binary bool mask (same shape) of ``region`` from a mask, probability or label map."""
-    from core.data.preprocess import LABEL_SETS, label_scheme, region_mask
+    from core.data.preprocess import label_scheme, region_mask
+    from core.vocabulary import LABEL_SETS
 
     if region not in REGIONS:
         raise DataError(f"unknown region {region!r}; valid: {', '.join(REGIONS)}")
@@ -107,7 +121,13 @@ def as_region_mask(
         return volume.astype(bool)
     if min(values) < 0:
         raise DataError(f"{path}: negative values {sorted(v for v in values if v < 0)}")
-    key = _release_key(release) or infer_release(values)
+    key = _release_key(release) or infer_release(values, path)
+    if key is None:
+        if region == "wt":  # WT = label > 0 in every release
+            return volume > 0
+        raise DataError(f"{path}: labels {sorted(values)} hold 3 but no 4: BraTS 2023 (3 = ET) "
+                        f"or BraTS 2015 without enhancing tumour (3 = non-enhancing); "
+                        f"the file name does not say which: pass --release 2015 or 2023")
     allowed = LABEL_SETS[label_scheme(key)]
     if not values <= allowed:
         raise DataError(f"{path}: label values {sorted(values - allowed)} outside the BraTS "
@@ -188,14 +208,14 @@ def _mask_files(folder: Path) -> dict[str, Path]:
 
 def truth_files(truth_dir: Path) -> dict[str, tuple[Path, str | None]]:
     """case id → (label file, release or None) from mask files and/or BraTS case folders."""
-    from core.data.brats import LABEL, classify_file, find_case_files
+    from core.data.brats import LABEL, classify_file, find_case_files, walk_files
 
     found: dict[str, tuple[Path, str | None]] = {
         k: (p, None) for k, p in _mask_files(truth_dir).items()
     }
     labels: dict[Path, list[Path]] = {}
-    for path in truth_dir.rglob("*"):
-        if path.parent != truth_dir and path.is_file() and classify_file(path) == LABEL:
+    for path in walk_files(truth_dir):
+        if path.parent != truth_dir and classify_file(path) == LABEL:
             vsd = path.parent.name.upper().startswith("VSD.")  # BraTS 2015 layout
             labels.setdefault(path.parent.parent if vsd else path.parent, []).append(path)
     for case_dir, files in sorted(labels.items()):

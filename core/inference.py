@@ -6,8 +6,8 @@ and the case is preprocessed with the parameters the store recorded there
 built the training store (``core.data.preprocess.preprocess_case``):
 
     original (X, Y, Z) → centre crop → per-modality 2–98 % clip → [0, 1] → (Z, C, H, W)
-    → in-plane centre crop to ``data.eval_crop`` if H or W is not a multiple of 16
-    → slice-wise probabilities (Z, h, w) → zeros outside the crop → (X, Y, Z)
+    → slice-wise probabilities over the whole stored slice (Z, H, W; padded to a multiple
+    of 16 and stripped) → zeros outside the crop → (X, Y, Z)
 
 The mask is ``prob >= train.threshold`` (uint8 {0, 1}); it is written with the
 original affine and header, so it overlays the input images in any viewer.
@@ -30,7 +30,6 @@ from core.device import resolve_device  # noqa: F401 - used by the predict CLI
 from core.errors import CheckpointError, DataError
 from core.validation import predict_volume
 
-ALIGN = 16  # the segmentor's four stride-2 stages
 REQUIRED_KEYS = ("config", "in_channels", "modalities", "segmentor")
 
 
@@ -55,7 +54,8 @@ def case_files(case: Path | Mapping[str, Path], modalities: tuple[str, ...]) -> 
 
     Raises DataError naming every modality the model needs that is absent, and the folder.
     """
-    from core.data.brats import MODALITIES, CaseFiles, find_case_files
+    from core.data.brats import CaseFiles, find_case_files
+    from core.vocabulary import MODALITIES
 
     if isinstance(case, Mapping):
         images = {m: Path(p) for m, p in case.items()}
@@ -79,21 +79,6 @@ def case_files(case: Path | Mapping[str, Path], modalities: tuple[str, ...]) -> 
                         f"(model inputs: {', '.join(modalities)}; found: "
                         f"{', '.join(files.images) or 'none'})")
     return files
-
-
-def inner_window(size: int, eval_crop: int) -> tuple[int, int]:
-    """(start, length) of the in-plane window the network sees along one axis.
-
-    The whole axis when ``size`` is a multiple of 16; else the centred ``eval_crop``
-    window (the crop validation used), with the same centre rule as the data module.
-    """
-    from core.data.preprocess import centre_offset
-
-    if size % ALIGN == 0:
-        return 0, size
-    if eval_crop > size:
-        raise CheckpointError(f"data.eval_crop {eval_crop} is larger than the stored crop {size}")
-    return centre_offset(size, eval_crop), eval_crop
 
 
 def predict_case(
@@ -122,11 +107,7 @@ def predict_case(
     dev = resolve_device(device)
     segmentor.to(dev)
 
-    _, _, h, w = pre.image.shape
-    y0, hh = inner_window(h, cfg.data.eval_crop)
-    x0, ww = inner_window(w, cfg.data.eval_crop)
-    image = np.ascontiguousarray(pre.image[:, :, y0 : y0 + hh, x0 : x0 + ww])
-    prob_zhw = predict_volume(segmentor, image, dev, batch_size=batch_size)
+    prob_zhw = predict_volume(segmentor, pre.image, dev, batch_size=batch_size)
     mask_zhw = (prob_zhw >= cfg.train.threshold).astype(np.uint8)
 
     prob = uncrop_to_original(prob_zhw.astype(np.float32), pre.info).astype(np.float32)

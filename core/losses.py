@@ -17,7 +17,8 @@ def multiscale_l1(
     """
     if len(features_pred) != len(features_true):
         raise ValueError("feature lists differ in length")
-    diffs = [(p - t).abs() for p, t in zip(features_pred, features_true, strict=True)]
+    # sums in fp32 whatever the autocast dtype: bf16 has 8 mantissa bits
+    diffs = [(p.float() - t.float()).abs() for p, t in zip(features_pred, features_true, strict=True)]
     if mode == "per_layer":
         return torch.stack([d.mean() for d in diffs]).mean()
     if mode == "global":

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from core.vocabulary import STUDY_METRICS
+
 
 @dataclass(frozen=True)
 class Counts:
@@ -68,7 +70,10 @@ def specificity(c: Counts) -> float:
     return _ratio(c.tn, c.tn + c.fp)
 
 
-METRICS = {"dice": dice, "precision": precision, "sensitivity": sensitivity}
+_FUNCTIONS = {"dice": dice, "precision": precision, "sensitivity": sensitivity,
+              "specificity": specificity}
+METRICS = {name: _FUNCTIONS[name] for name in STUDY_METRICS}
+"""What trials log (``core.vocabulary.STUDY_METRICS``) by name."""
 
 
 def volume_metrics(c: Counts) -> dict[str, float]:

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from core import metrics
+from core.protocol import ALIGN, window_slices
 
 
 @torch.no_grad()
@@ -20,19 +22,27 @@ def predict_volume(
     batch_size: int = 32,
     channels_last: bool = False,
 ) -> np.ndarray:
-    """Probabilities for every slice of a volume.
+    """Probabilities for every voxel of every slice of a volume.
 
-    ``image``: float32 ``(Z, C, H, W)`` in [0, 1], H and W divisible by 16.
-    Returns float32 ``(Z, H, W)`` in (0, 1). The segmentor is used in eval mode.
+    ``image``: float ``(Z, C, H, W)`` in [0, 1], any H and W: slices are zero-padded to a
+    multiple of 16 (zero is the preprocessed background) and the padding is stripped.
+    Returns float32 ``(Z, H, W)`` in (0, 1). The segmentor is used in eval mode, in fp32.
     """
     was_training = segmentor.training
     segmentor.eval()
-    out = np.empty((image.shape[0], image.shape[2], image.shape[3]), dtype=np.float32)
+    z, _, h, w = image.shape
+    pad_h, pad_w = (-h) % ALIGN, (-w) % ALIGN
+    top, left = pad_h // 2, pad_w // 2
+    out = np.empty((z, h, w), dtype=np.float32)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for start in range(0, image.shape[0], batch_size):
+    for start in range(0, z, batch_size):
         x = torch.from_numpy(np.ascontiguousarray(image[start : start + batch_size]))
-        x = x.to(device=device, dtype=torch.float32, memory_format=memory_format)
-        out[start : start + batch_size] = segmentor(x)[:, 0].float().cpu().numpy()
+        x = x.to(device=device, dtype=torch.float32)
+        if pad_h or pad_w:
+            x = F.pad(x, (left, pad_w - left, top, pad_h - top))
+        x = x.contiguous(memory_format=memory_format)
+        prob = segmentor(x)[:, 0, top : top + h, left : left + w]
+        out[start : start + batch_size] = prob.float().cpu().numpy()
     segmentor.train(was_training)
     return out
 
@@ -56,11 +66,17 @@ def evaluate_volumes(
     batch_size: int = 32,
     channels_last: bool = False,
 ) -> list[VolumeResult]:
-    """Per-volume counts for ``(case_id, image (Z,C,H,W), mask (Z,H,W))`` items."""
+    """Per-volume counts for ``(case_id, image (Z,C,H,W), mask (Z,H,W))`` items.
+
+    The whole slice is predicted; counts are taken inside the protocol's evaluation
+    window (``core.protocol``), the same for every budget.
+    """
     results = []
     for case_id, image, mask in volumes:
         prob = predict_volume(segmentor, image, device, batch_size, channels_last)
-        results.append(VolumeResult(case_id, metrics.confusion_counts(prob, mask, threshold)))
+        rows, cols = window_slices(mask.shape[1], mask.shape[2])
+        counts = metrics.confusion_counts(prob[:, rows, cols], mask[:, rows, cols], threshold)
+        results.append(VolumeResult(case_id, counts))
     return results
 
 
@@ -103,5 +119,5 @@ def evaluate_checkpoint(
             f"cannot evaluate it on {','.join(modalities)}"
         )
     segmentor.to(device)
-    volumes = iter_volumes(store, split, modalities, cfg.data.eval_crop, cfg.data.region)
+    volumes = iter_volumes(store, split, modalities, cfg.data.region)
     return evaluate_volumes(segmentor, volumes, cfg.train.threshold, device)

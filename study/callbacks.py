@@ -9,6 +9,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from core.protocol import parse_eval_metric
 from study.tracking import Tracker
 from study.trainable import FINAL_KEY
 
@@ -56,13 +57,14 @@ class StudyCallback(Callback):
 
     def _final(self, cell: dict[str, Any], run_id: str, result: dict[str, Any]) -> None:
         metrics = {k: v for k, v in result.items()
-                   if k.startswith(("test/", "best/", "train/epochs", "train/steps"))}
+                   if k.startswith(("eval/", "best/", "train/epochs", "train/steps"))}
         self.tracker.log_metrics(run_id, metrics, step=int(result.get("train/epochs", 0)))
         self.tracker.set_tags(run_id, json.loads(result.get("tags") or "{}"))
         self.tracker.log_json(run_id, json.loads(result["per_volume"]), "per_volume.json")
-        key = next((k for k in metrics if k.startswith("test/") and k.endswith("/dice")), None)
-        if key is not None and metrics[key] > self.best[0]:
-            self.best = (metrics[key], cell["name"])
+        # "best so far" ranks by the cell's own validation dice, never by the evaluation split
+        val = result.get("best/val_dice")
+        if isinstance(val, (int, float)) and cell.get("kind") != "evaluate" and val > self.best[0]:
+            self.best = (float(val), cell["name"])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         cell = self._cell(trial)
@@ -88,9 +90,10 @@ class StudyCallback(Callback):
         secs = time.monotonic() - self.started.get(cell["trial_id"], time.monotonic())
         running = sum(1 for t in trials if t.status == "RUNNING")
         pending = sum(1 for t in trials if t.status == "PENDING")
-        dice = next((v for k, v in result.items() if k.startswith("test/") and k.endswith("/dice")), None)
-        score = f" test dice {dice:.3f}" if isinstance(dice, float) else ""
-        best = f" | best so far {self.best[0]:.3f} ({self.best[1]})" if self.best[1] else ""
+        found = next(((parse_eval_metric(k), v) for k, v in result.items()
+                      if (parse_eval_metric(k) or ("", "", ""))[2] == "dice"), None)
+        score = f" {found[0][0]} dice {found[1]:.3f}" if found and isinstance(found[1], float) else ""
+        best = f" | best val so far {self.best[0]:.3f} ({self.best[1]})" if self.best[1] else ""
         print(f"[stage {self.stage}] {self.done}/{self.total} {what}: {cell['name']}{score} "
               f"({secs:.0f}s) | running {running}, pending {pending}{best}", flush=True)
 

@@ -11,7 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", default="transfer_all", help="grid name in configs/grids or a YAML path")
     p.add_argument("--data", default=None,
                    help="zarr store (path or URL) from `prepare`; default: the embedded synthetic dataset")
-    p.add_argument("--budget", default=None, help="smoke | cpu | paper (default: the grid's)")
+    p.add_argument("--budget", default=None,
+                   help="smoke | demo | cpu | paper | auto (default: the grid's, normally auto = demo on "
+                   "the synthetic store, cpu on real data)")
     p.add_argument("--study-dir", default=None, help="output folder (default: studies/<grid>)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: SQLite in the study folder)")

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.commands import VARIANTS
-from core.config import CONFIG_DIR, MODALITIES, REGIONS, ExperimentConfig, load_config, read_yaml
+from core.config import CONFIG_DIR, ExperimentConfig, load_config, read_yaml
 from core.errors import ConfigError
 from core.freezing import STRATEGIES
+from core.vocabulary import MODALITIES, REGIONS, VARIANTS
 
 GRID_DIR = CONFIG_DIR / "grids"
 KINDS = ("train", "transfer", "evaluate")
@@ -29,7 +29,7 @@ AXES: dict[str, tuple[str, ...]] = {
     "transfer": ("variant", "source", "target", "freeze", "region"),
     "evaluate": (),
 }
-GRID_KEYS = ("description", "budget", "objective", "seeds", "seeds_by_budget", "include", "families",
+GRID_KEYS = ("description", "budget", "seeds", "seeds_by_budget", "include", "families",
              "search")
 FAMILY_KEYS = ("kind", "axes", "overrides", "source_family", "eval_modalities")
 SOURCE_PLACEHOLDER = "trial:"
@@ -57,7 +57,6 @@ class Grid:
     name: str
     description: str
     budget: str
-    objective: tuple[str, str]
     trials: list[TrialSpec]
     search: dict[str, Any] = field(default_factory=dict)
 
@@ -172,9 +171,7 @@ def expand(name: str, ctx: ExpandContext) -> Grid:
     for fam in order:
         for spec in _expand_family(fam, families[fam], ctx, trials):
             trials.setdefault(spec.trial_id, spec)
-    objective = data.get("objective", {}) or {}
     return Grid(data["name"], str(data.get("description", "")).strip(), ctx.budget,
-                (objective.get("metric", "val/dice"), objective.get("mode", "max")),
                 list(trials.values()), data.get("search", {}) or {})
 
 
@@ -254,6 +251,8 @@ def _transfer_cell(fam, body, cell, seed, fixed, ctx, known) -> TrialSpec | None
     o["data.modalities"] = [target]
     base = _resolve(ctx, o)  # freeze not set yet: it needs a source
     o["train.max_epochs"] = base.transfer.max_epochs
+    if base.transfer.max_seconds:
+        o["train.max_seconds"] = base.transfer.max_seconds
     o["transfer.freeze"] = freeze
     src = None
     if freeze != "scratch":

@@ -105,7 +105,7 @@ def run_hpo(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str
             return tracker.open_trial_run(spec, tags, None)
 
         callback = StudyCallback(tracker, remaining, 0, 1, open_run=open_run)
-        _, mode = grid.objective  # the score is SCORE: defined for every sample at every epoch
+        mode = "max"  # the score is SCORE (validation dice): defined for every sample at every epoch
         searcher = OptunaSearch(metric=SCORE, mode=mode,
                                 points_to_evaluate=[{f"sampled/{k}": v for k, v in p.items()} for p in points] or None,
                                 evaluated_rewards=rewards or None, seed=int(spec.tags["seed"]))

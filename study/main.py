@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.config import MODALITIES
+from core.config import resolve_budget
 from core.errors import UserError
+from core.vocabulary import MODALITIES
 from study.grids import ExpandContext, Grid, expand, grid_seeds, list_grids, load_grid_data
 
 SYNTHETIC_DIR = Path("data") / "synthetic"
@@ -47,6 +48,13 @@ def eval_split_of(location: str) -> str:
     from core.data.store import BratsStore
 
     return "test" if BratsStore(location).case_ids("test") else "val"
+
+
+def split_population(manifest: dict[str, Any], split: str) -> dict[str, str]:
+    """Cases and patients of ``split`` (tags every run carries, for the report header)."""
+    rows = [r for r in manifest.get("cases", []) if r.get("split") == split]
+    patients = {r.get("patient") or r["case_id"] for r in rows}
+    return {"eval_cases": str(len(rows)), "eval_patients": str(len(patients))}
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -86,7 +94,8 @@ def print_plan(grid: Grid) -> None:
 
 def _expand(args: argparse.Namespace, store: str, manifest: dict[str, Any]) -> Grid:
     data = load_grid_data(args.grid)
-    budget = args.budget or data.get("budget") or "cpu"
+    budget, why = resolve_budget(args.budget or data.get("budget"), bool(manifest.get("synthetic")))
+    print(f"budget: {budget} ({why}; configs/train/{budget}.yaml)", flush=True)
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else grid_seeds(data, budget)
     except ValueError:
@@ -105,10 +114,10 @@ def preflight(grid: Grid, store: str) -> None:
     h, w = opened.slice_shape()
     for t in grid.trials:
         data = t.config["data"]
-        for key in ("train_crop", "eval_crop"):
-            if data[key] > min(h, w):
-                raise UserError(f"data.{key} {data[key]} does not fit the store's {h}x{w} slices "
-                                f"({store}); use --set data.{key}=<= {min(h, w) // 16 * 16}")
+        if data["train_crop"] > min(h, w):
+            raise UserError(f"data.train_crop {data['train_crop']} does not fit the store's "
+                            f"{h}x{w} slices ({store}); use --set data.train_crop=<= "
+                            f"{min(h, w) // 16 * 16}")
         missing = [m for m in data["modalities"] if m not in opened.modalities]
         if missing:
             raise UserError(f"{t.name}: store {store} has no modality {', '.join(missing)}")
@@ -123,7 +132,8 @@ def run_study_command(args: argparse.Namespace) -> int:
             print(f"{name:16s} {desc}")
         return 0
     if args.dry_run and args.data is None:
-        store, manifest = "<synthetic>", {"store_id": "synthetic", "modalities": list(MODALITIES)}
+        store, manifest = "<synthetic>", {"store_id": "synthetic", "modalities": list(MODALITIES),
+                                          "synthetic": True}
     else:
         store, manifest = resolve_store(args.data)
     grid = _expand(args, store, manifest)  # fails on bad grids before anything starts
@@ -176,11 +186,10 @@ def make_runner(args: argparse.Namespace, grid: Grid, store: str, manifest: dict
     from study.runner import Resources, StudyRunner
 
     split = eval_split_of(store)
-    store_info = {"store_id": manifest["store_id"], "preprocessing": manifest.get("preprocessing", {})}
     resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
                           args.max_failures, args.inject_failure)
-    return StudyRunner(grid, tracker, study_dir, store, store_info, split, resources,
-                       {**context, "eval_split": split})
+    return StudyRunner(grid, tracker, study_dir, store, split, resources,
+                       {**context, "eval_split": split, **split_population(manifest, split)})
 
 
 def _run(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str, Any]) -> int:

@@ -100,11 +100,11 @@ def _is_case_folder(folder: Path) -> bool:
 
 def case_folders(root: Path) -> list[Path]:
     """Every case folder under ``root`` (any depth, any naming), sorted by path."""
-    from core.data.brats import LABEL, classify_file
+    from core.data.brats import LABEL, classify_file, walk_files
 
     found = set()
-    for p in root.rglob("*"):
-        if p.is_file() and classify_file(p) not in (None, LABEL):
+    for p in walk_files(root):
+        if classify_file(p) not in (None, LABEL):
             vsd = p.parent.name.upper().startswith("VSD.")
             found.add(p.parent.parent if vsd else p.parent)
     return sorted(found)

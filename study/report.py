@@ -7,7 +7,7 @@ and writes ``report.md``, ``report.json`` (every number in the tables, keyed so 
 can be checked against MLflow) and PNG heatmaps (``study/report_plots.py``).
 
 Statistics (helpers from ``core.metrics``, none re-implemented here):
-- One seed: a cell is the run's logged ``test/<key>/<metric>`` mean and its
+- One seed: a cell is the run's logged ``eval/<split>/<key>/<metric>`` mean and its
   ``_ci_low``/``_ci_high`` (95% bootstrap over test volumes), copied unchanged.
 - Several seeds: the mean over seeds of the per-seed means, a 95% Student-t
   interval over those seed means, and a per-volume bootstrap CI of the
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from core.config import MODALITIES, REGIONS
+from core.vocabulary import MODALITIES, REGIONS, STUDY_METRICS
 from study.report_plots import report_summary_lines, write_outputs
 from study.report_stats import (
     PerVolume,
@@ -48,7 +48,6 @@ __all__ = ["build_report", "load_runs", "report_summary_lines", "write_report"]
 # Per-run artifact downloads would each print a progress bar on the CLI.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-METRIC_NAMES = ("dice", "precision", "sensitivity")
 VARIANT_LABELS = {"segan": "SegAN", "segan-dice": "SegAN + dice", "segan-cat": "SegAN-CAT"}
 PAPER_TABLE1 = {  # variant -> year -> (dice, precision, sensitivity)
     "segan": {"2015": (0.705, 0.759, 0.694), "2019": (0.766, 0.745, 0.834)},
@@ -57,8 +56,14 @@ PAPER_TABLE1 = {  # variant -> year -> (dice, precision, sensitivity)
 }
 PAPER_TABLE2 = {"t1": (0.538, 0.542), "t1c": (0.578, 0.587), "t2": (0.721, 0.675),
                 "flair": (0.810, 0.763)}  # dice (2015, 2019)
-PAPER_TABLE3 = {("t2", "s_din"): (0.781, 0.741)}  # (target, freeze) -> dice (2015, 2019)
-TABLE3_FREEZES = ("full", "s_din")
+# (target, freeze) -> the paper's Table III dice (BraTS 2015, 2019)
+PAPER_TABLE3 = {
+    ("t1", "full"): (0.496, 0.502), ("t1c", "full"): (0.467, 0.468), ("t2", "full"): (0.692, 0.674),
+    ("t1", "s_din"): (0.561, 0.528), ("t1c", "s_din"): (0.577, 0.598), ("t2", "s_din"): (0.781, 0.741),
+}
+TABLE3_FREEZES = ("full", "s_din", "s_only")
+"""full = the paper's (S, D); s_din = (S, Din); s_only = the authors' code's second mode
+("freeze all critic layers"), which no paper column reports."""
 SEED_CI = "95% Student-t interval over the seeds' means, clipped to [0, 1]"
 VOLUME_CI = "95% percentile bootstrap over test volumes (2000 resamples)"
 PAIRED_CI = "95% bootstrap over volumes of the per-volume difference (paired by case_id)"
@@ -95,7 +100,7 @@ class Sections:
             paper = PAPER_TABLE1.get(variant) if self.region == "wt" and four else None
             rows.append({"variant": variant, "label": VARIANT_LABELS.get(variant, variant),
                          "modalities": mods, "key": key, "paper": paper,
-                         **{m: cell_stats(runs, key, m, self.vols) for m in METRIC_NAMES}})
+                         **{m: cell_stats(runs, key, m, self.vols) for m in STUDY_METRICS}})
         return rows
 
     def unimodal(self) -> dict[str, list[TrialRun]]:
@@ -221,6 +226,8 @@ def _header(parents: list[Any], runs: list[TrialRun], context: dict[str, Any]) -
         "hardware": _values(p.get("hardware") for p in params),
         "code_versions": _values(r.tag("code_version") for r in runs),
         "eval_splits": _values(r.tag("eval_split") for r in runs if r.status == "FINISHED"),
+        "eval_cases": _values(r.tag("eval_cases") for r in runs if r.status == "FINISHED"),
+        "eval_patients": _values(r.tag("eval_patients") for r in runs if r.status == "FINISHED"),
         "invocations": len(parents),
         "runs": {"total": len(runs), "finished": sum(r.status == "FINISHED" for r in runs),
                  "failed": sum(r.status == "FAILED" for r in runs), "skipped": skipped,

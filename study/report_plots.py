@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-MODALITY_LABELS = {"flair": "FLAIR", "t1": "T1", "t1c": "T1c", "t2": "T2"}
+from core.protocol import EVAL_WINDOW
+from core.vocabulary import MODALITY_LABELS
+
 FREEZE_LABELS = {"full": "(S, D) = full", "s_din": "(S, Din) = s_din",
                  "s_only": "S only (critic frozen)", "decoder_only": "decoder only",
                  "scratch": "from scratch"}
@@ -143,6 +145,21 @@ def draw_figures(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
     return out
 
 
+EVAL_WINDOW_TEXT = f"centre {EVAL_WINDOW}² of each slice, or the whole slice when smaller"
+
+
+def comparability(header: dict[str, Any]) -> str:
+    """Why these numbers are not comparable to the paper's columns ('' when they are)."""
+    if header.get("synthetic"):
+        return ("synthetic data: a smoke test of the pipeline on the embedded dataset, not "
+                "comparable to the paper's BraTS columns")
+    budgets = [b.split(" ")[0] for b in header.get("budgets", [])]
+    if any(b != "paper" for b in budgets):
+        return (f"budget {'/'.join(budgets)}, not the paper's: a shorter schedule and a smaller "
+                "network; the paper columns are context, not a like-for-like comparison")
+    return ""
+
+
 # -- markdown -------------------------------------------------------------------
 def _header_md(report: dict[str, Any]) -> str:
     h, runs, s = report["header"], report["header"]["runs"], report["statistics"]
@@ -160,17 +177,23 @@ def _header_md(report: dict[str, Any]) -> str:
         f"- Runs: {runs['finished']} finished, {runs['failed']} failed, {runs['skipped']} skipped "
         f"(source failed), {runs['killed']} stopped, {runs['unfinished']} unfinished; "
         f"{h['invocations']} study invocation(s)",
-        f"- Test numbers come from the **{splits}** split",
+        f"- Numbers are computed on the **{splits}** split "
+        f"({'/'.join(h.get('eval_cases', [])) or '?'} volumes of "
+        f"{'/'.join(h.get('eval_patients', [])) or '?'} patients), per volume, in the "
+        f"preprocessed crop, scored in the protocol's evaluation window ({EVAL_WINDOW_TEXT}); "
+        "`predict` + `evaluate` give the same masks in the original grid",
     ]
     if "val" in h["eval_splits"]:
-        lines[-1] += " — the split that also chose the checkpoint, so they are optimistic"
-    if h["synthetic"]:
-        lines.append("- **Synthetic data**: these numbers are a smoke test of the pipeline on the "
-                     "embedded synthetic dataset and are *not comparable* to the paper's BraTS "
-                     "columns.")
+        lines[-1] += (" — **validation**: the split that also chose the checkpoint, so they are "
+                      "optimistic (prepare with --test-fraction to hold out a test split)")
     else:
-        lines.append("- Paper columns are the paper's BraTS 2015 / 2019 results; compare only "
-                     "with BraTS data at the paper budget.")
+        lines[-1] += "; the checkpoint was chosen on the validation split only"
+    lines.append("- The paper's 2019 numbers were measured on the split that also selected its "
+                 "checkpoints (no held-out test set), so they are optimistic next to a test split.")
+    caveat = comparability(h)
+    lines.append(f"- **{caveat}**" if caveat else
+                 "- Paper columns are the paper's BraTS 2015 / 2019 results at the same budget "
+                 "(BraTS release and split may differ).")
     if h["runs_without_per_volume"]:
         lines.append(f"- {len(h['runs_without_per_volume'])} finished run(s) have no "
                      "per_volume.json: multi-seed volume CIs and paired comparisons omit them.")
@@ -246,11 +269,17 @@ def _table3_md(sec: dict[str, Any], title: str) -> str:
     if not sec["table3"]:
         return f"{head}\n\nNo finished transfers from FLAIR."
     rows = [[modality_label(r["target"]), fmt_cell(r["full"]), fmt_cell(r["s_din"]),
-             fmt_cell(r["scratch"]), seeds_text(r["full"], r["s_din"]),
+             fmt_cell(r.get("s_only")), fmt_cell(r["scratch"]),
+             seeds_text(r["full"], r["s_din"], r.get("s_only")),
              _paper(r["paper"]["full"]), _paper(r["paper"]["s_din"])] for r in sec["table3"]]
-    table = _table(["Target", "(S, D) = full", "(S, Din) = s_din", "From scratch (same epochs)",
-                    "Seeds", "Paper (S, D) 2015 / 2019", "Paper (S, Din) 2015 / 2019"], rows)
-    return _section(head, table, sec, "table3")
+    table = _table(["Target", "(S, D) = full", "(S, Din) = s_din", "S only = s_only",
+                    "From scratch (same epochs)", "Seeds", "Paper (S, D) 2015 / 2019",
+                    "Paper (S, Din) 2015 / 2019"], rows)
+    note = ("`full` reproduces the paper's (S, D) column (segmentor and whole critic transferred "
+            "and fine-tuned), `s_din` its (S, Din) column (the critic's input layer transferred); "
+            "`s_only` is the authors' code's \"freeze all critic layers\" mode, which no paper "
+            "column reports.")
+    return _section(head, f"{table}\n\n{note}", sec, "table3")
 
 
 def _transfer_row(c: dict[str, Any]) -> list[str]:
@@ -351,6 +380,9 @@ def report_summary_lines(report_path: Path) -> list[str]:
     split = "/".join(report["header"]["eval_splits"]) or "?"
     lines = [f"runs: {runs['finished']} finished, {runs['failed']} failed, {runs['skipped']} "
              f"skipped; numbers from the {split} split"]
+    caveat = comparability(report["header"])
+    if caveat:
+        lines.append(f"note: {caveat}")
     for region, sec in report["regions"].items():
         tag = "" if region == "wt" else f" ({region})"
         if sec["table1"]:

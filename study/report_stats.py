@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from core.metrics import paired_difference, summarize
+from core.protocol import eval_metric, parse_eval_metric
 
 
 # -- runs ---------------------------------------------------------------------
@@ -40,14 +40,24 @@ class TrialRun:
     def seed(self) -> str:
         return self.tag("seed", "?")
 
+    @property
+    def eval_split(self) -> str:
+        """The split this run's final metrics were computed on (``test`` or ``val``)."""
+        for k in self.metrics:
+            parsed = parse_eval_metric(k)
+            if parsed:
+                return parsed[0]
+        return ""
+
     def metric(self, key: str, name: str) -> float | None:
-        value = self.metrics.get(f"test/{key}/{name}")
+        split = self.eval_split
+        value = self.metrics.get(eval_metric(split, key, name)) if split else None
         return None if value is None or not math.isfinite(value) else float(value)
 
     def test_keys(self) -> list[str]:
         """Evaluation keys with a logged dice (``flair``, ``flair-t1-t1c-t2`` …)."""
-        found = (re.fullmatch(r"test/(.+)/dice", k) for k in self.metrics)
-        return sorted({m.group(1) for m in found if m})
+        found = (parse_eval_metric(k) for k in self.metrics)
+        return sorted({p[1] for p in found if p and p[2] == "dice"})
 
 
 def _search(client: Any, experiment_id: str, role: str) -> Iterator[Any]:
@@ -149,7 +159,7 @@ def by_seed(runs: Iterable[TrialRun]) -> dict[str, TrialRun]:
 
 def cell_stats(runs: Iterable[TrialRun], key: str, metric: str,
                vols: PerVolume) -> dict[str, Any] | None:
-    """One table cell: ``test/<key>/<metric>`` over the cell's seeds (module docstring)."""
+    """One table cell: ``eval/<split>/<key>/<metric>`` over the cell's seeds (module docstring)."""
     seeds = {s: r for s, r in by_seed(runs).items() if r.metric(key, metric) is not None}
     if not seeds:
         return None

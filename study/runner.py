@@ -66,10 +66,10 @@ def run_tag_values(grid: Grid, spec: TrialSpec, context: dict[str, str]) -> dict
 
 class StudyRunner:
     def __init__(self, grid: Grid, tracker: Tracker, study_dir: Path, store: str,
-                 store_info: dict[str, Any], eval_split: str, resources: Resources,
+                 eval_split: str, resources: Resources,
                  context_tags: dict[str, str]) -> None:
         self.grid, self.tracker, self.study_dir = grid, tracker, study_dir
-        self.store, self.store_info, self.eval_split = store, store_info, eval_split
+        self.store, self.eval_split = store, eval_split
         self.resources, self.context_tags = resources, context_tags
         self._gpus: float | None = None
 
@@ -96,7 +96,7 @@ class StudyRunner:
         return {
             "trial_id": spec.trial_id, "name": spec.name, "kind": spec.kind, "config": spec.config,
             "eval_modalities": list(spec.eval_modalities), "eval_split": self.eval_split,
-            "run_id": run_id, "source_checkpoint": source_ckpt, "store_info": self.store_info,
+            "run_id": run_id, "source_checkpoint": source_ckpt,
             "trial_dir": str((self.study_dir / "trials" / spec.trial_id).resolve()),
             "threads": max(1, int(self.resources.cpus_per_trial)),
             "device": "cuda" if self.trial_gpus() > 0 else "cpu",

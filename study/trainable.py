@@ -3,7 +3,7 @@
 The trial config carries everything as plain data with absolute paths (trials
 run with their Tune directory as cwd). Metrics go out through
 ``ray.tune.report`` once per epoch with a checkpoint (core's own ``last.pt``,
-readable without Ray); the final report adds per-modality test metrics and the
+readable without Ray); the final report adds per-modality metrics on the evaluation split and the
 per-volume rows that the report's confidence intervals are computed from.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 from core import metrics, validation
 from core.checkpoint import load_checkpoint, weights_digest
 from core.config import from_dict, merge, unflatten
+from core.protocol import eval_metric
 from core.trainer import fit, resolve_device
 
 FINAL_KEY = "trial/final"
@@ -60,9 +61,9 @@ def _report_epoch(report: dict[str, Any]) -> None:
         tune.report(numbers, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def test_metrics(state: dict[str, Any], store: str, eval_sets: list[str], split: str,
+def eval_metrics(state: dict[str, Any], store: str, eval_sets: list[str], split: str,
                  device: str) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
-    """``test/<set>/<metric>`` means with CIs, and per-volume rows per evaluation set."""
+    """``eval/<split>/<set>/<metric>`` means with CIs, and per-volume rows per evaluation set."""
     out: dict[str, float] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
     for eval_set in eval_sets:
@@ -72,11 +73,12 @@ def test_metrics(state: dict[str, Any], store: str, eval_sets: list[str], split:
         rows[key] = [r.row() for r in results]
         for name, fn in metrics.METRICS.items():
             s = metrics.summarize([fn(r.counts) for r in results])
-            out.update({f"test/{key}/{name}": s.mean, f"test/{key}/{name}_ci_low": s.ci_low,
-                        f"test/{key}/{name}_ci_high": s.ci_high})
+            out.update({eval_metric(split, key, name): s.mean,
+                        eval_metric(split, key, f"{name}_ci_low"): s.ci_low,
+                        eval_metric(split, key, f"{name}_ci_high"): s.ci_high})
             if name == "dice":
-                out[f"test/{key}/n_volumes"] = s.n
-                out[f"test/{key}/n_excluded"] = s.n_excluded
+                out[eval_metric(split, key, "n_volumes")] = s.n
+                out[eval_metric(split, key, "n_excluded")] = s.n_excluded
     return out, rows
 
 
@@ -104,8 +106,7 @@ def run_trial(config: dict[str, Any]) -> None:
         state = load_checkpoint(cell["source_checkpoint"])
     else:
         _restore_from_tune(out_dir)
-        result = fit(cfg, out_dir, callback=_report_epoch,
-                     store_info=cell["store_info"])
+        result = fit(cfg, out_dir, callback=_report_epoch)
         state = load_checkpoint(result.best_path)
         # val/best_dice and epoch again: schedulers check every result for their metric
         final.update({"val/best_dice": result.best_score, "epoch": result.epochs,
@@ -114,7 +115,7 @@ def run_trial(config: dict[str, Any]) -> None:
         final["tags"] = {"best_checkpoint": str(result.best_path), "stopped": result.stopped,
                          "init_digest": result.init_digest,
                          "best_digest": weights_digest(state["segmentor"], state["critic"])}
-    test, rows = test_metrics(state, cfg.data.store, list(cell["eval_modalities"]),
+    test, rows = eval_metrics(state, cfg.data.store, list(cell["eval_modalities"]),
                               cell["eval_split"], cfg.train.device)
     final.update(test)
     final["per_volume"] = json.dumps(rows)

@@ -45,3 +45,14 @@ def ray_session():
              configure_logging=True, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+BRATS_DEV = BRATS_SAMPLES.parent / "brats-dev"
+
+
+@pytest.fixture(scope="session")
+def brats_dev() -> Path:
+    """Sixteen more real BraTS 2018 cases (../shared/data/brats-dev); skip only if absent."""
+    if not BRATS_DEV.is_dir():
+        pytest.skip(f"real BraTS dev cases not found at {BRATS_DEV}")
+    return BRATS_DEV

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import CONFIG_DIR, ExperimentConfig, load_config, read_yaml
+from core.config import CONFIG_DIR, ExperimentConfig, load_config, read_yaml, resolve_budget
 from core.errors import ConfigError
 
 BUDGETS = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml") if p.stem != "base")
@@ -18,7 +18,7 @@ def test_base_yaml_holds_the_paper_values():
     assert (cfg.optim.lr_s, cfg.optim.rho, cfg.optim.eps) == (2e-5, 0.9, 1e-7)
     assert (cfg.data.batch_size, cfg.data.train_crop, cfg.optim.critic_clip) == (64, 160, 0.05)
     assert cfg.train.patience == 300 and cfg.train.seed == 1234567890
-    assert cfg.model.critic_input == "concat" and cfg.loss.l1_mode == "per_layer"
+    assert cfg.model.critic_input == "concat" and cfg.loss.l1_mode == "global"
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
@@ -27,7 +27,24 @@ def test_every_budget_loads(budget):
 
 
 def test_budgets_exist():
-    assert {"smoke", "cpu", "paper"} <= set(BUDGETS)
+    assert {"smoke", "demo", "cpu", "paper"} <= set(BUDGETS)
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_no_budget_touches_the_evaluation_protocol(budget):
+    """Budgets change training only: the threshold and the evaluation window are the protocol's."""
+    layer = read_yaml(CONFIG_DIR / "train" / f"{budget}.yaml")
+    assert "threshold" not in layer.get("train", {})
+    with pytest.raises(ConfigError, match="data.eval_crop' no longer exists: the evaluation window"):
+        load_config(budget, overrides={"data.eval_crop": 64})
+
+
+def test_auto_budget_follows_the_store():
+    assert resolve_budget(None, synthetic=True) == ("demo", "auto: synthetic store")
+    assert resolve_budget("auto", synthetic=False) == ("cpu", "auto: real store")
+    assert resolve_budget("paper", synthetic=True) == ("paper", "given")
+    with pytest.raises(ConfigError, match="unknown budget 'papr'"):
+        resolve_budget("papr", synthetic=False)
 
 
 @pytest.mark.parametrize(

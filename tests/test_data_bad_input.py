@@ -11,8 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from core.data import commands
-from core.data.commands import prepare
+from core.data import prepare as prepare_module
+from core.data.prepare import prepare
 from core.data.preprocess import PreprocessParams
 from core.data.store import BratsStore
 from core.errors import DataError
@@ -186,7 +186,7 @@ def test_interrupted_prepare_leaves_nothing(
     for i in range(3):
         make_case(root, f"Brats18_TCIA01_00{i}_1")
     calls = []
-    real = commands.write_case
+    real = prepare_module.write_case
 
     def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
@@ -194,7 +194,7 @@ def test_interrupted_prepare_leaves_nothing(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(commands, "write_case", flaky)
+    monkeypatch.setattr(prepare_module, "write_case", flaky)
     with pytest.raises(KeyboardInterrupt):
         prepare(root, tmp_path / "s.zarr", PARAMS, log=lambda _: None)
     assert not (tmp_path / "s.zarr").exists()

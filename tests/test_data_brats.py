@@ -195,3 +195,15 @@ def test_mha_without_simpleitk_gives_install_hint(
     with pytest.raises(DataError, match="SimpleITK") as err:
         load_volume(cases[0].images["flair"])
     assert MHA_HINT in str(err.value)
+
+
+def test_symlinked_case_folders_are_found(brats_samples: Path, tmp_path: Path) -> None:
+    """Users link datasets into place: a folder of links to case folders, and a link cycle."""
+    root = tmp_path / "linked"
+    root.mkdir()
+    for case in ("Brats18_CBICA_ABM_1", "Brats18_2013_11_1"):
+        os.symlink(brats_samples / "brats2018" / case, root / case)
+    os.symlink(root, root / "loop")  # a cycle must not be walked forever
+    cases, problems = discover_cases(root)
+    assert [c.case_id for c in cases] == ["Brats18_2013_11_1", "Brats18_CBICA_ABM_1"]
+    assert problems == []

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from core.data.splits import SplitCase, assign_folds, assign_splits
+from core.data.splits import SplitCase, assign_folds, assign_splits, minimum_note, patient_id
 from core.errors import DataError
 
 
@@ -78,3 +78,47 @@ def test_bad_arguments() -> None:
         assign_folds(cases[:3], 5)
     with pytest.raises(DataError, match="duplicate"):
         assign_splits([SplitCase("a"), SplitCase("a")])
+
+
+@pytest.mark.parametrize(("case_id", "patient"), [
+    ("brats_2013_pat0001_1", "brats_2013_pat0001"),
+    ("brats_tcia_pat101_2", "brats_tcia_pat101"),
+    ("BraTS-GLI-00012-001", "BraTS-GLI-00012"),
+    ("BraTS-MEN-00400-000", "BraTS-MEN-00400"),
+    ("Brats18_TCIA01_201_1", "Brats18_TCIA01_201_1"),  # 2017-2021: one case, one patient
+    ("BraTS2021_00000", "BraTS2021_00000"),
+])
+def test_patient_id_from_release_naming(case_id: str, patient: str) -> None:
+    assert patient_id(case_id) == patient
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_scans_of_one_patient_never_straddle_splits(seed: int) -> None:
+    cases = []
+    for p in range(30):  # 30 patients with 1-4 longitudinal scans each
+        for t in range(1 + p % 4):
+            cid = f"BraTS-GLI-{p:05d}-{t:03d}"
+            cases.append(SplitCase(cid, "HGG" if p % 3 else "LGG", "unknown", patient_id(cid)))
+    split = assign_splits(cases, 0.2, 0.15, seed=seed)
+    by_patient: dict[str, set[str]] = {}
+    for c in cases:
+        by_patient.setdefault(c.patient, set()).add(split[c.case_id])
+    assert all(len(s) == 1 for s in by_patient.values())
+    assert {"train", "val", "test"} == set(split.values())
+    folds = assign_folds(cases, 5, seed=seed)
+    assert all(len({folds[c.case_id] for c in cases if c.patient == p}) == 1 for p in by_patient)
+
+
+def test_small_sets_still_hold_out_one_patient_or_say_why() -> None:
+    three = [SplitCase(f"c{i}") for i in range(3)]
+    counts = Counter(assign_splits(three, 0.2, 0.15).values())
+    assert counts == {"train": 1, "val": 1, "test": 1}
+    two = [SplitCase(f"c{i}") for i in range(2)]
+    counts = Counter(assign_splits(two, 0.2, 0.15).values())
+    assert counts == {"train": 1, "val": 1}  # training and selection come before a test split
+    assert "too few to hold out a test split" in minimum_note(2, 0.2, 0.15, counts)
+    one = [SplitCase("c0")]
+    counts = Counter(assign_splits(one, 0.2, 0.15).values())
+    assert counts == {"train": 1}
+    assert "too few to hold out a test or val split" in minimum_note(1, 0.2, 0.15, counts)
+    assert minimum_note(3, 0.2, 0.15, {"train": 1, "val": 1, "test": 1}) == ""

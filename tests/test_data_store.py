@@ -13,7 +13,7 @@ import pytest
 
 from core.data import commands
 from core.data.brats import find_case_files
-from core.data.commands import prepare
+from core.data.prepare import prepare
 from core.data.preprocess import PreprocessParams, preprocess_case
 from core.data.store import BratsStore
 from core.errors import DataError
@@ -48,7 +48,11 @@ def test_manifest_matches_sources(real_store: Path, brats_samples: Path) -> None
     assert m["preprocessing"] == {"crop": list(CROP), "low_pct": 2.0, "high_pct": 98.0}
     assert m["code_version"] and len(m["store_id"]) == 16
     assert store.modalities == ("flair", "t1", "t1c", "t2")
-    assert sorted(store.case_ids("train") + store.case_ids("val")) == IDS
+    # the default holds out a test patient; training and selection keep one each
+    assert {s: len(store.case_ids(s)) for s in ("train", "val", "test")} == \
+        {"train": 1, "val": 1, "test": 1}
+    assert sorted(store.case_ids("train") + store.case_ids("val") + store.case_ids("test")) == IDS
+    assert [row["patient"] for row in m["cases"]] == ["BraTS-GLI-00000", *IDS[1:]]
     x0, y0, z0 = (240 - 96) // 2, (240 - 96) // 2, (155 - 24) // 2
     for cid in IDS:
         row = store.case_info(cid)

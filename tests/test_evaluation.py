@@ -57,13 +57,32 @@ def test_label_maps_by_release(tmp_path: Path) -> None:
     assert evaluate_pair(pred, truth, region="et")["dice"] == pytest.approx(1.0)
     assert evaluate_pair(pred, truth, region="tc")["dice"] == pytest.approx(2 * 32 / (32 + 64))
     assert evaluate_pair(pred, truth, region="wt")["sensitivity"] == pytest.approx(32 / 96)
-    # 2023 labels (ET = 3), release read from the values or given as "brats2023"
+    # 2023 labels (ET = 3), release read from the 2023 file naming or given as "brats2023"
     labels23 = np.where(labels == 4, 3, labels).astype(np.float32)  # float seg as in 2023
-    truth23 = _write(tmp_path / "seg23.nii.gz", labels23)
+    truth23 = _write(tmp_path / "BraTS-GLI-00001-000-seg.nii.gz", labels23)
     assert evaluate_pair(pred, truth23, region="et")["dice"] == pytest.approx(1.0)
     assert evaluate_pair(pred, truth23, "et", release="brats2023")["dice"] == pytest.approx(1.0)
-    with pytest.raises(DataError, match="seg23.*outside"):
+    with pytest.raises(DataError, match="00001-000-seg.*outside"):
         evaluate_pair(pred, truth23, "et", release="2018")
+
+
+def test_3_without_4_is_not_taken_for_2023(tmp_path: Path) -> None:
+    """A BraTS 2015 map without enhancing tumour has labels {0, 1, 2, 3} too (3 = non-enhancing)."""
+    labels = np.zeros((12, 12, 12), dtype=np.int16)
+    labels[2:4, 2:6, 2:6] = 2
+    labels[4:6, 2:6, 2:6] = 3  # 2015: non-enhancing core, part of TC, not ET
+    three = np.zeros_like(labels, dtype=np.uint8)
+    three[4:6, 2:6, 2:6] = 1
+    pred = _write(tmp_path / "pred.nii.gz", three)
+    seg15 = _write(tmp_path / "brats_tcia_pat101_1_seg.nii.gz", labels)  # ≤2021-style name
+    et = evaluate_pair(pred, seg15, region="et")
+    assert et["truth_voxels"] == 0 and et["dice"] == 0.0  # no ET in this map: all FP
+    assert evaluate_pair(pred, seg15, region="tc")["dice"] == pytest.approx(1.0)
+    anonymous = _write(tmp_path / "truth.nii.gz", labels)
+    with pytest.raises(DataError, match="truth.nii.gz: labels .* 3 but no 4.*--release"):
+        evaluate_pair(pred, anonymous, region="et")
+    assert evaluate_pair(pred, anonymous, region="wt")["sensitivity"] == pytest.approx(0.5)
+    assert evaluate_pair(pred, anonymous, "et", release="2023")["dice"] == pytest.approx(1.0)
 
 
 def test_probability_prediction_is_thresholded(tmp_path: Path) -> None:

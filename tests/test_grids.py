@@ -80,7 +80,8 @@ def test_bad_axis_values_fail_before_anything_starts(tmp_path: Path, body, messa
 def test_cli_dry_run_and_unknown_grid(capsys):
     assert run_study.main(["--grid", "transfer_flair", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "stage 2 (6 trials)" in out and "<- unimodal/segan-cat/flair" in out
+    assert "stage 2 (9 trials)" in out and "<- unimodal/segan-cat/flair" in out
+    assert "budget: demo (auto: synthetic store" in out
     assert run_study.main(["--grid", "transfer_al", "--dry-run"]) == 2
     assert "did you mean 'transfer_all'" in capsys.readouterr().err
     assert run_study.main(["--grid", "smoke", "--dry-run", "--set", "optim.lr=1"]) == 2
@@ -113,9 +114,9 @@ def test_paper_budget_runs_three_seeds_unless_told():
 def test_a_crop_larger_than_the_store_fails_before_anything_starts(synthetic_store, tmp_path, capsys):
     study_dir = tmp_path / "never"
     rc = run_study.main(["--grid", "smoke", "--data", str(synthetic_store), "--study-dir", str(study_dir),
-                         "--set", "data.eval_crop=96"])
+                         "--set", "data.train_crop=96"])
     assert rc == 2
-    assert "data.eval_crop 96 does not fit the store's 80x80 slices" in capsys.readouterr().err
+    assert "data.train_crop 96 does not fit the store's 80x80 slices" in capsys.readouterr().err
     assert not study_dir.exists()
 
 

@@ -1,4 +1,4 @@
-"""predict on the shared real BraTS samples with an untrained tiny checkpoint, and the CLI."""
+"""fit → predict on the shared real BraTS samples (a checkpoint as the trainer writes it), and the CLI."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 
 from core.checkpoint import load_checkpoint, save_checkpoint
-from core.config import CONFIG_DIR, ExperimentConfig, load_config
+from core.config import ExperimentConfig, load_config
+from core.data.prepare import prepare
+from core.data.preprocess import PreprocessParams
 from core.errors import CheckpointError, DataError, UserError
 from core.inference import predict_case, predict_to_file
 from core.model import build_networks
+from core.trainer import fit
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/brats-samples"
 CASES = {
@@ -26,18 +29,14 @@ FLAIR = {"2018": "Brats18_CBICA_ABM_1_flair.nii.gz", "2023": "BraTS-GLI-00000-00
 ALL = ["flair", "t1", "t1c", "t2"]
 
 
-def _config(modalities: list[str], eval_crop: int) -> ExperimentConfig:
-    overrides = {"data.modalities": modalities, "data.eval_crop": eval_crop,
-                 "data.train_crop": eval_crop, "model.width": 0.125}
-    if (CONFIG_DIR / "train" / "smoke.yaml").exists():
-        return load_config("smoke", overrides=overrides)
-    return ExperimentConfig().replace(overrides)
+def _config(modalities: list[str], **overrides: Any) -> ExperimentConfig:
+    return load_config("smoke", overrides={"data.modalities": modalities, **overrides})
 
 
-def make_checkpoint(path: Path, modalities: list[str], crop: list[int], eval_crop: int,
+def make_checkpoint(path: Path, modalities: list[str], crop: list[int],
                     **extra: Any) -> dict[str, Any]:
-    """An untrained checkpoint in the trainer's format (no training needed)."""
-    cfg = _config(modalities, eval_crop)
+    """A hand-made checkpoint dict, for the error paths that need a broken one."""
+    cfg = _config(modalities)
     net = build_networks(len(modalities), cfg.model)
     save_checkpoint(path, {
         "config": cfg.to_dict(), "in_channels": len(modalities), "modalities": modalities,
@@ -50,8 +49,25 @@ def make_checkpoint(path: Path, modalities: list[str], crop: list[int], eval_cro
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    return path, make_checkpoint(path, ALL, [64, 64, 32], 32)
+    """A checkpoint as ``core.trainer.fit`` writes it, trained on a store of the real samples.
+
+    Crop 72×72×32: not a multiple of 16, so prediction must pad and strip.
+    """
+    if not SAMPLES.is_dir():
+        pytest.skip(f"shared BraTS samples not found at {SAMPLES}")
+    work = tmp_path_factory.mktemp("fit")
+    prepare(SAMPLES, work / "s.zarr", PreprocessParams(crop=(72, 72, 32)), log=lambda _: None)
+    cfg = _config(ALL, **{"data.store": str(work / "s.zarr"), "train.max_epochs": 1,
+                          "train.max_steps": 2})
+    result = fit(cfg, work / "trial")
+    return result.best_path, load_checkpoint(result.best_path)
+
+
+def test_fit_checkpoint_describes_itself(ckpt: tuple[Path, dict[str, Any]]) -> None:
+    state = ckpt[1]
+    assert state["preprocessing"]["crop"] == [72, 72, 32]
+    assert state["store_id"] and state["eval_window"] == 160
+    assert sum(state["store_splits"].values()) == 3
 
 
 @pytest.fixture(autouse=True)
@@ -61,28 +77,21 @@ def _needs_samples() -> None:
 
 
 @pytest.mark.parametrize("release", ["2018", "2023"])
-def test_predict_case_in_original_grid(ckpt: tuple[Path, dict[str, Any]], release: str) -> None:
+def test_predict_case_covers_the_whole_stored_crop(ckpt: tuple[Path, dict[str, Any]],
+                                                    release: str) -> None:
     mask, prob, affine, header = predict_case(ckpt[1], CASES[release])
     ref = nib.load(str(CASES[release] / FLAIR[release]))
     assert mask.shape == prob.shape == (240, 240, 155) == ref.shape
     assert mask.dtype == np.uint8 and prob.dtype == np.float32
     assert set(np.unique(mask)) <= {0, 1}
     np.testing.assert_array_equal(affine, ref.affine)
-    # crop (64, 64, 32) centred: x, y in [88, 152), z in [61, 93); zero outside
+    # crop (72, 72, 32) centred: x, y in [84, 156), z in [61, 93); the whole of it is
+    # predicted (padded to 80 for the network, padding stripped), zero outside
     inside = np.zeros(mask.shape, dtype=bool)
-    inside[88:152, 88:152, 61:93] = True
+    inside[84:156, 84:156, 61:93] = True
     assert not mask[~inside].any() and not prob[~inside].any()
     assert prob[inside].min() > 0.0 and prob.max() <= 1.0
     np.testing.assert_array_equal(mask, (prob >= 0.5).astype(np.uint8))
-
-
-def test_crop_not_divisible_by_16_uses_eval_crop(tmp_path: Path) -> None:
-    state = make_checkpoint(tmp_path / "c.pt", ALL, [72, 72, 32], 32)
-    _, prob, _, _ = predict_case(state, CASES["2018"])
-    # stored crop x, y in [84, 156); the network saw the centre 32: [104, 136)
-    window = np.zeros(prob.shape, dtype=bool)
-    window[104:136, 104:136, 61:93] = True
-    assert not prob[~window].any() and prob[window].min() > 0.0
 
 
 def test_predict_to_file_writes_original_geometry(ckpt: tuple[Path, dict[str, Any]],
@@ -100,7 +109,7 @@ def test_predict_to_file_writes_original_geometry(ckpt: tuple[Path, dict[str, An
 
 
 def test_unimodal_model_with_explicit_file(tmp_path: Path) -> None:
-    state = make_checkpoint(tmp_path / "t2.pt", ["t2"], [64, 64, 32], 32)
+    state = make_checkpoint(tmp_path / "t2.pt", ["t2"], [64, 64, 32])
     mask, _, _, _ = predict_case(state, {"t2": CASES["2018"] / "Brats18_CBICA_ABM_1_t2.nii.gz"})
     assert mask.shape == (240, 240, 155)
 
@@ -117,7 +126,7 @@ def test_missing_modalities_are_named(ckpt: tuple[Path, dict[str, Any]], tmp_pat
 
 
 def test_unknown_preprocessing_key_is_refused(tmp_path: Path) -> None:
-    state = make_checkpoint(tmp_path / "x.pt", ALL, [64, 64, 32], 32, gamma=2.0)
+    state = make_checkpoint(tmp_path / "x.pt", ALL, [64, 64, 32], gamma=2.0)
     with pytest.raises(CheckpointError, match="gamma"):
         predict_case(state, CASES["2018"])
     del state["preprocessing"]

@@ -36,10 +36,10 @@ def test_metrics(per_volume: dict[str, list[dict]]) -> dict[str, float]:
     for key, rs in per_volume.items():
         for name in ("dice", "precision", "sensitivity"):
             s = summarize([r[name] for r in rs])
-            out.update({f"test/{key}/{name}": s.mean, f"test/{key}/{name}_ci_low": s.ci_low,
-                        f"test/{key}/{name}_ci_high": s.ci_high})
+            out.update({f"eval/test/{key}/{name}": s.mean, f"eval/test/{key}/{name}_ci_low": s.ci_low,
+                        f"eval/test/{key}/{name}_ci_high": s.ci_high})
             if name == "dice":
-                out.update({f"test/{key}/n_volumes": s.n, f"test/{key}/n_excluded": s.n_excluded})
+                out.update({f"eval/test/{key}/n_volumes": s.n, f"eval/test/{key}/n_excluded": s.n_excluded})
     return out
 
 
@@ -180,8 +180,8 @@ def test_table1_numbers_equal_mlflow(study: dict) -> None:
         m = logged(study, variant)
         for name in ("dice", "precision", "sensitivity"):
             cell = row[name]
-            assert cell["mean"] == m[f"test/flair-t1-t1c-t2/{name}"]
-            key = f"test/flair-t1-t1c-t2/{name}"
+            assert cell["mean"] == m[f"eval/test/flair-t1-t1c-t2/{name}"]
+            key = f"eval/test/flair-t1-t1c-t2/{name}"
             ci = (m[f"{key}_ci_low"], m[f"{key}_ci_high"])
             assert (cell["ci_low"], cell["ci_high"]) == ci
             assert cell["n_seeds"] == 1 and cell["seed_ci_low"] is None
@@ -197,14 +197,14 @@ def test_table2_aggregates_seeds(study: dict) -> None:
     table2 = {r["modality"]: r for r in study["report"]["regions"]["wt"]["table2"]}
     assert list(table2) == ["t1", "flair"]  # the paper's order
     flair = table2["flair"]["dice"]
-    means = [logged(study, "flair0")["test/flair/dice"], logged(study, "flair1")["test/flair/dice"]]
+    means = [logged(study, "flair0")["eval/test/flair/dice"], logged(study, "flair1")["eval/test/flair/dice"]]
     assert flair["n_seeds"] == 2 and flair["mean"] == pytest.approx(np.mean(means))
     assert (flair["seed_ci_low"], flair["seed_ci_high"]) == pytest.approx(seed_interval(means))
     per_volume = summarize((np.array(FLAIR_S0) + np.array(FLAIR_S1)) / 2)
     expected = (per_volume.ci_low, per_volume.ci_high)
     assert (flair["ci_low"], flair["ci_high"]) == pytest.approx(expected)
     t1 = table2["t1"]
-    assert t1["dice"]["mean"] == logged(study, "t1")["test/t1/dice"]
+    assert t1["dice"]["mean"] == logged(study, "t1")["eval/test/t1/dice"]
     assert t1["paper"] == [0.538, 0.542]
     assert "2 seeds" in study["md"] and "1 seed" in study["md"]
 
@@ -213,11 +213,11 @@ def test_cross_modality_matrix(study: dict) -> None:
     cross = study["report"]["regions"]["wt"]["cross_modality"]
     cells = {(c["trained_on"], c["evaluated_on"]): c for c in cross["cells"]}
     assert cross["rows"] == ["flair", "t1"]
-    assert cells[("flair", "t1")]["dice"]["mean"] == logged(study, "ev_flair")["test/t1/dice"]
-    assert cells[("t1", "flair")]["dice"]["mean"] == logged(study, "ev_t1")["test/flair/dice"]
+    assert cells[("flair", "t1")]["dice"]["mean"] == logged(study, "ev_flair")["eval/test/t1/dice"]
+    assert cells[("t1", "flair")]["dice"]["mean"] == logged(study, "ev_t1")["eval/test/flair/dice"]
     # no evaluate run of the t1 model on t1: the unimodal run's own key fills the diagonal
     assert cells[("t1", "t1")]["from"] == "unimodal"
-    assert cells[("t1", "t1")]["dice"]["mean"] == logged(study, "t1")["test/t1/dice"]
+    assert cells[("t1", "t1")]["dice"]["mean"] == logged(study, "t1")["eval/test/t1/dice"]
 
 
 def test_paired_difference_by_case_id(study: dict) -> None:
@@ -227,7 +227,7 @@ def test_paired_difference_by_case_id(study: dict) -> None:
     assert full["paired"]["mean_diff"] == pytest.approx((0.12 + 0.16 + 0.06) / 3)
     assert full["paired"]["n_pairs"] == 3 and full["paired"]["n_excluded"] == 2
     assert full["paired"]["ci_low"] <= full["paired"]["mean_diff"] <= full["paired"]["ci_high"]
-    gain = logged(study, "full")["test/t1/dice"] - logged(study, "scratch")["test/t1/dice"]
+    gain = logged(study, "full")["eval/test/t1/dice"] - logged(study, "scratch")["eval/test/t1/dice"]
     assert full["gain"]["gain"] == pytest.approx(gain)
     t2 = next(c for c in tr["cells"] if c["target"] == "t2")
     assert t2["paired"] is None and t2["scratch"] is None
@@ -243,8 +243,8 @@ def test_paired_difference_over_seeds(study: dict) -> None:
     paired = cell["paired"]
     assert paired["seeds"] == ["0", "1"] and paired["n_pairs"] == 3
     assert paired["mean_diff"] == pytest.approx(np.mean(np.subtract(a, b)))
-    gains = [logged(study, f"t1_flair{s}")["test/flair/dice"]
-             - logged(study, f"scratch_flair{s}")["test/flair/dice"] for s in "01"]
+    gains = [logged(study, f"t1_flair{s}")["eval/test/flair/dice"]
+             - logged(study, f"scratch_flair{s}")["eval/test/flair/dice"] for s in "01"]
     assert cell["gain"]["gain"] == pytest.approx(np.mean(gains))
     ci = (cell["gain"]["seed_ci_low"], cell["gain"]["seed_ci_high"])
     assert ci == pytest.approx(seed_interval(gains))
@@ -254,8 +254,8 @@ def test_paired_difference_over_seeds(study: dict) -> None:
 def test_table3_with_paper_values(study: dict) -> None:
     t3 = {r["target"]: r for r in study["report"]["regions"]["wt"]["table3"]}
     assert set(t3) == {"t1", "t2"}
-    assert t3["t1"]["full"]["mean"] == logged(study, "full")["test/t1/dice"]
-    assert t3["t1"]["scratch"]["mean"] == logged(study, "scratch")["test/t1/dice"]
+    assert t3["t1"]["full"]["mean"] == logged(study, "full")["eval/test/t1/dice"]
+    assert t3["t1"]["scratch"]["mean"] == logged(study, "scratch")["eval/test/t1/dice"]
     assert t3["t2"]["paper"]["s_din"] == [0.781, 0.741] and t3["t2"]["full"] is None
     assert "0.781 / 0.741" in study["md"]
 

@@ -119,10 +119,10 @@ def test_3_rerun_resumes_without_duplicates(study):
     table2 = {row["modality"]: row for row in wt["table2"]}
     assert set(table2) == {"flair", "t1"}
     for mod, row in table2.items():
-        assert row["dice"]["mean"] == unimodal[mod].data.metrics[f"test/{mod}/dice"]
+        assert row["dice"]["mean"] == unimodal[mod].data.metrics[f"eval/test/{mod}/dice"]
     md = (report / "report.md").read_text()
-    assert f"{unimodal['flair'].data.metrics['test/flair/dice']:.3f}" in md
+    assert f"{unimodal['flair'].data.metrics['eval/test/flair/dice']:.3f}" in md
     evaluated = {r.data.tags["source"]: r for r in runs if r.data.tags["kind"] == "evaluate"}
     cells = {(c["trained_on"], c["evaluated_on"]): c for c in wt["cross_modality"]["cells"]}
-    assert cells[("flair", "t1")]["dice"]["mean"] == evaluated["flair"].data.metrics["test/t1/dice"]
+    assert cells[("flair", "t1")]["dice"]["mean"] == evaluated["flair"].data.metrics["eval/test/t1/dice"]
     assert (report / "fig2_cross_modality.png").stat().st_size > 1000

@@ -15,7 +15,7 @@ from tests.toy_data import phantom_data
 
 
 def tiny_cfg(**overrides):
-    base = {"data.modalities": ["flair"], "data.train_crop": 32, "data.eval_crop": 32,
+    base = {"data.modalities": ["flair"], "data.train_crop": 32,
             "train.seed": 7}
     return load_config("smoke", overrides={**base, **overrides})
 
@@ -109,3 +109,46 @@ def test_cuda_request_without_gpu_is_a_clear_error():
     with pytest.raises(ConfigError, match="no CUDA device"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_cosine_schedule_decays_to_the_floor_over_the_epoch_budget(tmp_path):
+    cfg = tiny_cfg(**{"train.max_epochs": 4, "optim.lr_schedule": "cosine", "optim.lr_floor": 0.1,
+                      "optim.lr_s": 1e-3})
+    result = fit(cfg, tmp_path, data_source=phantom_data(n_train=16))
+    factors = [h["train/lr_factor"] for h in result.history]
+    # progress 0, 1/4, 2/4, 3/4 at the start of each epoch: 0.1 + 0.9 * (1 + cos(pi p)) / 2
+    expected = [0.1 + 0.9 * (1 + torch.cos(torch.tensor(torch.pi * p)).item()) / 2
+                for p in (0, 0.25, 0.5, 0.75)]
+    assert factors == pytest.approx(expected)
+    state = load_checkpoint(result.last_path)
+    assert state["opt_s"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * expected[-1])
+    constant = fit(tiny_cfg(**{"train.max_epochs": 2}), tmp_path / "c", data_source=phantom_data(16))
+    assert [h["train/lr_factor"] for h in constant.history] == [1.0, 1.0]
+
+
+def test_time_cap_counts_time_across_resumes(tmp_path):
+    cfg = tiny_cfg(**{"train.max_epochs": 50, "train.max_seconds": 0.5})
+    first = fit(cfg, tmp_path, data_source=phantom_data(n_train=16))
+    assert first.stopped == "max_seconds" and first.epochs < 50
+    spent = load_checkpoint(first.last_path)["seconds"]
+    assert spent >= 0.5
+    again = fit(cfg, tmp_path, data_source=phantom_data(n_train=16))  # budget already used
+    assert again.epochs == first.epochs + 1 and again.stopped == "max_seconds"
+
+
+@pytest.mark.parametrize(("overrides", "stopped", "epochs"), [
+    ({"train.max_steps": 5}, "max_steps", 3),      # 2 steps per epoch: checked at epoch ends
+    ({"train.max_epochs": 3}, "max_epochs", 3),
+])
+def test_step_and_epoch_caps(tmp_path, overrides, stopped, epochs):
+    cfg = tiny_cfg(**{"train.max_epochs": 10, "data.slices_per_epoch": 16, **overrides})
+    result = fit(cfg, tmp_path, data_source=phantom_data(n_train=16))
+    assert (result.stopped, result.epochs) == (stopped, epochs)
+
+
+def test_patience_stops_after_no_improvement(tmp_path):
+    cfg = tiny_cfg(**{"train.max_epochs": 30, "train.patience": 2, "optim.lr_s": 1e-9,
+                      "optim.lr_d": 1e-9})  # no learning: the best stays at an early epoch
+    result = fit(cfg, tmp_path, data_source=phantom_data(n_train=16))
+    assert result.stopped == "patience"
+    assert result.epochs - result.best_epoch == 2

@@ -21,6 +21,7 @@ the case name where the release encodes it (``Brats18_TCIA01_…`` -> ``TCIA01``
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,29 +31,11 @@ from typing import Any
 import numpy as np
 
 from core.errors import DataError
+from core.vocabulary import LABEL, MHA_PATTERNS, MODALITIES, NIFTI_SUFFIXES
 
-MODALITIES: tuple[str, ...] = ("flair", "t1", "t1c", "t2")
-LABEL = "seg"
 UNKNOWN = "unknown"
 MHA_HINT = 'reading BraTS 2015 .mha files needs SimpleITK: pip install -e ".[mha]"'
-
-# Filename suffix (lower case, extension removed) -> modality. Longest suffixes first so
-# "_t1ce" is not taken for "_t1".
-# fmt: off
-_NIFTI_SUFFIXES: tuple[tuple[str, str], ...] = (
-    ("_flair", "flair"), ("_t1ce", "t1c"), ("_t1c", "t1c"), ("_t1", "t1"), ("_t2", "t2"),
-    ("_seg", LABEL),
-    ("-t2f", "flair"), ("-t1c", "t1c"), ("-t1n", "t1"), ("-t2w", "t2"), ("-seg", LABEL),
-)
-# fmt: on
-# BraTS 2015 VSD names: "VSD.Brain.XX.O.MR_T1c.54514.mha", "VSD.Brain_3more.XX.O.OT.54517.mha".
-_MHA_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\.MR_Flair\.", re.I), "flair"),
-    (re.compile(r"\.MR_T1c\.", re.I), "t1c"),
-    (re.compile(r"\.MR_T1\.", re.I), "t1"),
-    (re.compile(r"\.MR_T2\.", re.I), "t2"),
-    (re.compile(r"\.OT\.", re.I), LABEL),
-)
+_NIFTI_SUFFIXES = tuple(pair for family in NIFTI_SUFFIXES.values() for pair in family)
 _NIFTI_EXTS = (".nii.gz", ".nii")
 _CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -95,7 +78,7 @@ def classify_file(path: Path) -> str | None:
     """Return the canonical modality (or ``"seg"``) a file holds, or None if it is not one."""
     name = path.name
     if name.lower().endswith(".mha"):
-        for pattern, kind in _MHA_PATTERNS:
+        for pattern, kind in MHA_PATTERNS:
             if pattern.search(name):
                 return kind
         return None
@@ -250,8 +233,8 @@ def discover_cases(
     if not root.is_dir():
         raise DataError(f"BraTS root {root} does not exist or is not a folder")
     by_dir: dict[Path, list[Path]] = {}
-    for path in root.rglob("*"):
-        if path.is_file() and classify_file(path) is not None:
+    for path in walk_files(root):
+        if classify_file(path) is not None:
             by_dir.setdefault(_case_dir_of(path), []).append(path)
     if not by_dir:
         raise DataError(
@@ -276,6 +259,21 @@ def discover_cases(
             continue
         result.append(entries[0][1])
     return result, problems
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every file under ``root``, following symlinked folders (users link datasets into
+    place) but never entering the same real folder twice (a link cycle ends there)."""
+    seen: set[str] = set()
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files.extend(Path(folder) / n for n in names if os.path.isfile(os.path.join(folder, n)))
+    return files
 
 
 def _complete_case(

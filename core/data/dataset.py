@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import Dataset
 
 from core.data.brats import check_names
-from core.data.preprocess import REGIONS, centre_offset, region_mask
+from core.data.preprocess import centre_offset, region_mask
 from core.data.store import BratsStore
 from core.errors import DataError
+from core.vocabulary import REGIONS
 
 _CACHE_WARN_BYTES = 4 << 30
 
@@ -162,19 +163,15 @@ def iter_volumes(
     store: str | os.PathLike[str] | BratsStore,
     split: str,
     modalities: Sequence[str],
-    crop: int,
     region: str = "wt",
     fold: int | None = None,
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Yield (case_id, image float32 (Z, C, crop, crop), mask uint8 (Z, crop, crop)) per case
-    of ``split``, centre-cropped in-plane (all stored slices)."""
+    """Yield (case_id, image float32 (Z, C, H, W), mask uint8 (Z, H, W)) per case of
+    ``split``: whole stored slices (scoring windows them, see ``core.protocol``)."""
     opened = _open(store)
     check_names("region", [region], REGIONS)
     opened.channel_index(modalities)
-    h, w = _check_crop(opened, crop)
-    top, left = centre_offset(h, crop), centre_offset(w, crop)
-    rows, cols = slice(top, top + crop), slice(left, left + crop)
     for cid in opened.case_ids(split, fold):
-        image = opened.read_image(cid, modalities)[:, :, rows, cols]
-        mask = opened.read_mask(cid, region)[:, rows, cols]
+        image = opened.read_image(cid, modalities)
+        mask = opened.read_mask(cid, region)
         yield cid, np.ascontiguousarray(image), np.ascontiguousarray(mask)

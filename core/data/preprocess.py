@@ -20,21 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from core.data.brats import MODALITIES, CaseFiles, check_names, load_volume
+from core.data.brats import CaseFiles, check_names, load_volume
 from core.errors import DataError
+from core.vocabulary import LABEL_SETS, MODALITIES, REGION_LABELS, REGIONS
 
-REGIONS: tuple[str, ...] = ("wt", "tc", "et")
-# Label values by label scheme; TC/ET membership follows each release's definition.
-LABEL_SETS: dict[str, frozenset[int]] = {
-    "2015": frozenset({0, 1, 2, 3, 4}),
-    "2021": frozenset({0, 1, 2, 4}),
-    "2023": frozenset({0, 1, 2, 3}),
-}
-_REGION_LABELS: dict[str, dict[str, tuple[int, ...]]] = {
-    "2015": {"tc": (1, 3, 4), "et": (4,)},
-    "2021": {"tc": (1, 4), "et": (4,)},
-    "2023": {"tc": (1, 3), "et": (3,)},
-}
 _AFFINE_ATOL = 1e-3  # mm; BraTS files of one case differ only by signed zeros
 
 
@@ -109,7 +98,7 @@ def region_mask(labels: np.ndarray, region: str, release: str) -> np.ndarray:
     check_names("region", [region], REGIONS)
     if region == "wt":
         return (labels > 0).astype(np.uint8)
-    values = _REGION_LABELS[label_scheme(release)][region]
+    values = REGION_LABELS[label_scheme(release)][region]
     return np.isin(labels, values).astype(np.uint8)
 
 

@@ -240,7 +240,7 @@ def ensure_synthetic_store(
 
     Safe to call from several processes at once (a file lock serialises them).
     """
-    from core.data.commands import prepare
+    from core.data.prepare import prepare
     from core.data.preprocess import PreprocessParams
     from core.data.store import BratsStore, is_store
 
