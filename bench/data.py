@@ -35,10 +35,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.data.brats import discover_cases  # noqa: E402
-from core.vocabulary import MODALITIES  # noqa: E402
 from core.data.prepare import prepare  # noqa: E402
 from core.data.preprocess import PreprocessParams, preprocess_case  # noqa: E402
 from core.data.store import BratsStore, StorageSpec, write_store  # noqa: E402
+from core.vocabulary import MODALITIES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "data" / "brats-samples"

@@ -38,8 +38,8 @@ from core.data.brats import discover_cases  # noqa: E402
 from core.data.prepare import prepare  # noqa: E402
 from core.data.store import BratsStore  # noqa: E402
 from core.device import CPU_BF16_FLAGS, cpu_flags  # noqa: E402
-from core.evaluation import evaluate_folders  # noqa: E402
-from core.inference import predict_to_file  # noqa: E402
+from core.evaluation.cases import predict_to_file  # noqa: E402
+from core.evaluation.mask_files import evaluate_folders  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 ROOTS = (SHARED / "brats-dev", SHARED / "brats-samples" / "brats2018")

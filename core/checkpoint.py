@@ -13,29 +13,24 @@ networks without any class names:
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from core.atomic import atomic_path
 from core.config import ExperimentConfig, from_dict
 from core.errors import CheckpointError
-from core.model import Critic, Segmentor
-from core.version import code_version  # noqa: F401 - re-exported for the trainer
+from core.model import Segmentor
 
 FORMAT = "segan-study-checkpoint/1"
-_REPO = Path(__file__).resolve().parents[1]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically (temp file + rename) so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -98,10 +93,3 @@ def weights_digest(*parts: nn.Module | dict[str, torch.Tensor]) -> str:
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def critic_from_state(state: dict[str, Any]) -> Critic:
-    cfg = checkpoint_config(state)
-    net = Critic(int(state["in_channels"]), cfg.model)
-    load_matching(net, state["critic"], "critic")
-    return net

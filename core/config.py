@@ -1,9 +1,10 @@
-"""Typed, frozen experiment configuration loaded from YAML.
+"""Typed, frozen experiment configuration: the paper's values are the defaults here.
 
-A config is built from layers merged in order: ``configs/train/base.yaml`` (the
-paper's values), a budget overlay (``smoke``, ``cpu``, ``paper``), optional
-overlay files (e.g. the HPO winner) and dotted overrides from a grid cell.
-Unknown keys are rejected with their full path and the closest valid name.
+These dataclasses are the one source of every default (the paper's values, segan-cat.md).
+A config is built from layers merged onto them in order: a budget overlay
+(``configs/train/<budget>.yaml``: smoke, demo, cpu, paper), optional overlay files (e.g.
+the HPO winner) and dotted overrides from a grid cell or ``--set``. Unknown keys are
+rejected with their full path and the closest valid name.
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ class DataConfig:
     num_workers: int = 0
     cache: bool = True
     """Load the split into memory (small stores) instead of reading zarr per slice."""
+    fold: int = -1
+    """-1: the store's train/val split; k: cross-validation fold k of a store prepared with
+    ``--folds K`` (fold k validates, the other non-test cases train; test is unchanged)."""
 
     def __post_init__(self) -> None:
         _check(len(self.modalities) > 0, "data.modalities", "needs at least one modality")
@@ -126,6 +130,7 @@ class DataConfig:
         _check(self.batch_size > 0, "data.batch_size", f"must be > 0, got {self.batch_size}")
         _check(self.slices_per_epoch >= 0, "data.slices_per_epoch", "must be >= 0")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.fold >= -1, "data.fold", f"must be -1 (no folds) or a fold index, got {self.fold}")
 
 
 @dataclass(frozen=True)
@@ -343,7 +348,7 @@ def resolve_budget(budget: str | None, synthetic: bool) -> tuple[str, str]:
 def budget_path(budget: str) -> Path:
     path = CONFIG_DIR / "train" / f"{budget}.yaml"
     if not path.exists():
-        options = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml") if p.stem != "base")
+        options = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml"))
         raise ConfigError(f"unknown budget {budget!r}{_suggest(budget, options)}; valid: {', '.join(options)}")
     return path
 
@@ -353,8 +358,8 @@ def load_config(
     overlays: typing.Sequence[Path] = (),
     overrides: Mapping[str, Any] | None = None,
 ) -> ExperimentConfig:
-    """base.yaml ← budget overlay ← overlay files ← dotted overrides, validated strictly."""
-    layers = [CONFIG_DIR / "train" / "base.yaml"]
+    """Defaults (this module) ← budget overlay ← overlay files ← dotted overrides, strictly."""
+    layers: list[Path] = []
     if budget:
         layers.append(budget_path(budget))
     layers.extend(Path(p) for p in overlays)

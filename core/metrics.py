@@ -92,10 +92,14 @@ def bootstrap_ci(
         return (math.nan, math.nan)
     if v.size == 1:
         return (float(v[0]), float(v[0]))
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
-    alpha = (1 - level) / 2
-    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
+    if np.all(v == v[0]):  # no spread: scipy warns on a degenerate resample distribution
+        return (float(v[0]), float(v[0]))
+    from scipy import stats
+
+    res = stats.bootstrap((v,), np.mean, n_resamples=n_boot, confidence_level=level,
+                          method="percentile", vectorized=True, axis=-1,
+                          rng=np.random.default_rng(seed))
+    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
 @dataclass(frozen=True)

@@ -11,18 +11,16 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from core import validation
 from core.checkpoint import (
-    code_version,
     load_checkpoint,
     load_matching,
     save_checkpoint,
@@ -31,9 +29,12 @@ from core.checkpoint import (
 from core.config import ExperimentConfig
 from core.device import autocast_dtype, resolve_device
 from core.errors import ConfigError
+from core.evaluation import volumes
 from core.freezing import Strategy, apply_strategy, get_strategy, set_train_mode
 from core.losses import dice_loss, multiscale_l1
 from core.model import Critic, Segmentor, build_networks
+from core.training_data import EpochDataset, TrainData, store_data, store_facts
+from core.version import code_version
 
 
 class StopTraining(Exception):
@@ -122,55 +123,6 @@ def _carry_segmentor_optimizer(opt_s: torch.optim.Optimizer, source: dict[str, A
             f"strategy {strategy.name!r}; use carry_optimizer: false"
         )
     opt_s.load_state_dict(source["opt_s"])
-
-
-class EpochDataset(Protocol):
-    """A map-style dataset of ``(image (C,H,W), mask (1,H,W))`` whose crops depend on the epoch."""
-
-    def __len__(self) -> int: ...
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]: ...
-    def set_epoch(self, epoch: int) -> None: ...
-
-
-@dataclass(frozen=True)
-class TrainData:
-    train: EpochDataset
-    val: Callable[[], Iterable[tuple[str, np.ndarray, np.ndarray]]]
-    """Returns ``(case_id, image (Z,C,H,W) float32, mask (Z,H,W) uint8)`` per validation volume."""
-
-
-def store_data(cfg: ExperimentConfig, split: str = "val") -> TrainData:
-    """Training slices and validation volumes from the zarr store in ``cfg.data``."""
-    from core.data.dataset import SliceDataset, iter_volumes
-
-    d = cfg.data
-    if not d.store:
-        raise ConfigError("data.store: no store given (prepare one with `run_study.py prepare`)")
-    train = SliceDataset(d.store, "train", d.modalities, d.train_crop, train=True,
-                         region=d.region, seed=cfg.train.seed, cache=d.cache)
-
-    def volumes() -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
-        return iter_volumes(d.store, split, d.modalities, d.region)
-
-    if d.cache:
-        cached = list(volumes())
-        return TrainData(train, lambda: cached)
-    return TrainData(train, volumes)
-
-
-def store_facts(location: str) -> dict[str, Any]:
-    """What a checkpoint needs from its store to stand alone: preprocessing (so ``predict``
-    reproduces the input), store id, split sizes and the evaluation window."""
-    if not location:
-        return {}
-    from core.data.store import BratsStore
-    from core.protocol import EVAL_WINDOW
-
-    store = BratsStore(location)
-    m = store.manifest
-    splits = {s: len(store.case_ids(s)) for s in ("train", "val", "test")}
-    return {"store_id": m.get("store_id", ""), "preprocessing": m.get("preprocessing", {}),
-            "store_splits": splits, "eval_window": EVAL_WINDOW}
 
 
 def train_step(state: TrainState, cfg: ExperimentConfig, image: torch.Tensor, mask: torch.Tensor,
@@ -312,7 +264,7 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
             val_start = time.monotonic()
             if cfg.train.bn_recalibration:
                 recalibrate_batchnorm(state, cfg, train_set, device)
-            val = validation.mean_metrics(validation.evaluate_volumes(
+            val = volumes.mean_metrics(volumes.evaluate_volumes(
                 state.segmentor, source.val(), cfg.train.threshold, device,
                 channels_last=cfg.train.channels_last))
             report.update({f"val/{k}": v for k, v in val.items()})

@@ -13,6 +13,9 @@ from core.protocol import parse_eval_metric
 from study.tracking import Tracker
 from study.trainable import FINAL_KEY
 
+PROGRESS_EVERY = 60.0
+"""Seconds between progress lines of one running trial."""
+
 
 class StudyCallback(Callback):
     """Logs each epoch's metrics to the cell's MLflow run; ends runs with a status."""
@@ -30,7 +33,7 @@ class StudyCallback(Callback):
         self.failed: dict[str, str] = {}
         self.best: tuple[float, str] = (float("-inf"), "")
         self.started: dict[str, float] = {}
-        self.running = 0
+        self.last_line: dict[str, float] = {}
 
     @staticmethod
     def _cell(trial: Any) -> dict[str, Any]:
@@ -45,7 +48,6 @@ class StudyCallback(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.run_id(trial)
         self.started[self._cell(trial)["trial_id"]] = time.monotonic()
-        self.running = sum(1 for t in trials if t.status == "RUNNING")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         cell = self._cell(trial)
@@ -54,6 +56,21 @@ class StudyCallback(Callback):
             return
         metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
         self.tracker.log_metrics(self.run_id(trial), metrics, step=int(result.get("epoch", 0)))
+        self._epoch_line(cell, result)
+
+    def _epoch_line(self, cell: dict[str, Any], result: dict[str, Any]) -> None:
+        """A line per running trial at most every PROGRESS_EVERY seconds: long budgets are
+        otherwise silent for hours."""
+        now = time.monotonic()
+        if now - self.last_line.get(cell["trial_id"], self.started.get(cell["trial_id"], now)) \
+                < PROGRESS_EVERY:
+            return
+        self.last_line[cell["trial_id"]] = now
+        elapsed = now - self.started.get(cell["trial_id"], now)
+        print(f"[stage {self.stage}] {cell['name']}: epoch {int(result.get('epoch', 0))}, "
+              f"val dice {result.get('val/dice', float('nan')):.3f} "
+              f"(best {result.get('val/best_dice', float('nan')):.3f}), {elapsed / 60:.1f} min",
+              flush=True)
 
     def _final(self, cell: dict[str, Any], run_id: str, result: dict[str, Any]) -> None:
         metrics = {k: v for k, v in result.items()
@@ -62,7 +79,7 @@ class StudyCallback(Callback):
         self.tracker.set_tags(run_id, json.loads(result.get("tags") or "{}"))
         self.tracker.log_json(run_id, json.loads(result["per_volume"]), "per_volume.json")
         # "best so far" ranks by the cell's own validation dice, never by the evaluation split
-        val = result.get("best/val_dice")
+        val = result.get("val/best_dice")
         if isinstance(val, (int, float)) and cell.get("kind") != "evaluate" and val > self.best[0]:
             self.best = (float(val), cell["name"])
 

@@ -9,14 +9,13 @@ any grid accepts with ``--overlay``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from core.atomic import write_text
 from core.config import unflatten
 from core.errors import ConfigError
 from study.grids import Grid
@@ -57,75 +56,92 @@ def previous_samples(tracker: Any, family: str, keys: list[str]) -> tuple[list[d
     return [s for _, s in same], [score for score, _ in same]
 
 
-def write_best_overlay(tracker: Any, family: str, study_dir: Path) -> Path | None:
+def write_best_overlay(tracker: Any, family: str, study_dir: Path, manifest: dict[str, Any],
+                       budget: str) -> Path | None:
+    """``hpo_best.yaml``: the winner as an overlay, with a header saying what produced it."""
+    from core.version import code_version
+
     samples = finished_samples(tracker, family)
     if not samples:
         return None
     score, best = max(samples, key=lambda item: item[0])
     path = study_dir / "hpo_best.yaml"
-    header = f"# HPO winner: {SCORE} = {score:.4f}. Use with --overlay {path}\n"
-    path.write_text(header + yaml.safe_dump(unflatten(best), sort_keys=True))
+    header = (f"# HPO winner: {SCORE} = {score:.4f} (validation split; {len(samples)} samples)\n"
+              f"# store {manifest.get('store_id')} ({manifest.get('source_root', 'synthetic')}), "
+              f"budget {budget}, code {code_version()}\n"
+              f"# use with: --overlay {path}\n")
+    write_text(path, header + yaml.safe_dump(unflatten(best), sort_keys=True))
     return path
 
 
-def run_hpo(args: argparse.Namespace, grid: Grid, store: str, manifest: dict[str, Any]) -> int:
+def check_space(grid: Grid) -> dict[str, Any]:
+    """The search space as Tune distributions; every key must be a config key, every value
+    valid for it (checked on each bound and choice before anything starts)."""
+    from core.config import from_dict, merge
+
+    if len(grid.trials) != 1:
+        raise ConfigError(f"grid {grid.name}: a search grid needs exactly one base cell, "
+                          f"got {len(grid.trials)}")
+    raw = grid.search.get("space", {}) or {}
+    if not raw:
+        raise ConfigError(f"grid {grid.name}: search.space is empty")
+    base = grid.trials[0].config
+    for key, spec in raw.items():
+        values = spec.get("values") if spec.get("type") == "choice" else [spec.get("low"), spec.get("high")]
+        for value in values or []:
+            try:
+                from_dict(merge(base, unflatten({key: value})))
+            except ConfigError as exc:
+                raise ConfigError(f"search.space.{key}: {exc}") from None
+    return build_space(raw)
+
+
+def run_hpo(session: Any) -> int:
+    """Run the remaining Optuna samples of ``session.grid`` (a ``study.session.StudySession``)."""
     import optuna
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
     from study.callbacks import StudyCallback
-    from study.main import make_runner, start_study
     from study.runner import run_tag_values
-    from study.trainable import run_trial, sampled_id
+    from study.session import parent_run
+    from study.trainable import sampled_id
 
-    if len(grid.trials) != 1:
-        raise ConfigError(f"grid {grid.name}: a search grid needs exactly one base cell, got {len(grid.trials)}")
-    tracker, study_dir, context = start_study(args, grid, store, manifest)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid, tracker, runner = session.grid, session.tracker, session.runner
     spec = grid.trials[0]
-    space = build_space(grid.search.get("space", {}))
-    wanted = int(args.num_samples or grid.search.get("num_samples", 8))
-    points, rewards = previous_samples(tracker, spec.family, list(space))
-    remaining = max(0, wanted - len(points))
-    print(f"hpo: {len(points)} samples already done, {remaining} to run", flush=True)
-    runner = make_runner(args, grid, store, manifest, tracker, study_dir, context)
-    resources, tags_context = runner.resources, runner.context_tags
-    if remaining:
-        gpus = runner.trial_gpus()
-        cell = runner.cell(spec, "", None)
+    space = check_space(grid)
+    wanted = int(session.options.num_samples or grid.search.get("num_samples", 8))
+    with parent_run(session) as parent:
+        points, rewards = previous_samples(tracker, spec.family, list(space))
+        remaining = max(0, wanted - len(points))
+        print(f"hpo: {len(points)} samples already done, {remaining} to run", flush=True)
+        if remaining:
+            def open_run(trial: Any) -> str:
+                sampled = trial.config["sampled"]
+                sid = sampled_id(sampled)
+                tags = {**run_tag_values(grid, spec, runner.context_tags),
+                        "trial_id": f"{spec.trial_id}-{sid}",
+                        "hpo.sampled": json.dumps(sampled, sort_keys=True),
+                        "mlflow.runName": f"{spec.name}/{sid}"}
+                return tracker.open_trial_run(spec, tags, None)
 
-        def open_run(trial: Any) -> str:
-            sampled = trial.config["sampled"]
-            sid = sampled_id(sampled)
-            tags = {**run_tag_values(grid, spec, tags_context),
-                    "trial_id": f"{spec.trial_id}-{sid}", "hpo.sampled": json.dumps(sampled, sort_keys=True),
-                    "mlflow.runName": f"{spec.name}/{sid}"}
-            return tracker.open_trial_run(spec, tags, None)
-
-        callback = StudyCallback(tracker, remaining, 0, 1, open_run=open_run)
-        mode = "max"  # the score is SCORE (validation dice): defined for every sample at every epoch
-        searcher = OptunaSearch(metric=SCORE, mode=mode,
-                                points_to_evaluate=[{f"sampled/{k}": v for k, v in p.items()} for p in points] or None,
-                                evaluated_rewards=rewards or None, seed=int(spec.tags["seed"]))
-        max_t = int(spec.config["train"]["max_epochs"])
-        # max_t past the last epoch: a sample that survives every rung ends on its own and
-        # logs its test metrics, instead of being cut by the scheduler at the last report
-        scheduler = ASHAScheduler(time_attr="epoch", metric=SCORE, mode=mode, max_t=max_t + 1,
-                                  grace_period=max(1, max_t // 4), reduction_factor=2)
-        tuner = tune.Tuner(
-            tune.with_resources(run_trial, {"cpu": resources.cpus_per_trial, "gpu": gpus}),
-            param_space={"trial": cell, "sampled": space},
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=remaining,
-                                        max_concurrent_trials=resources.max_concurrent or None),
-            run_config=tune.RunConfig(name=f"hpo-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      storage_path=str((study_dir / "ray_results").resolve()),
-                                      callbacks=[callback], verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=resources.max_failures)),
-        )
-        tuner.fit()
-    path = write_best_overlay(tracker, spec.family, study_dir)
-    tracker.end_parent("FINISHED", {"samples": wanted})
+            # the score (validation dice) is defined for every sample at every epoch
+            searcher = OptunaSearch(
+                metric=SCORE, mode="max", seed=int(spec.tags["seed"]),
+                points_to_evaluate=[{f"sampled/{k}": v for k, v in p.items()} for p in points] or None,
+                evaluated_rewards=rewards or None)
+            max_t = int(spec.config["train"]["max_epochs"])
+            # max_t past the last epoch: a sample that survives every rung ends on its own and
+            # logs its evaluation metrics, instead of being cut by the scheduler at the last report
+            scheduler = ASHAScheduler(time_attr="epoch", metric=SCORE, mode="max", max_t=max_t + 1,
+                                      grace_period=max(1, max_t // 4), reduction_factor=2)
+            runner.launch("hpo", {"trial": runner.cell(spec, "", None), "sampled": space},
+                          StudyCallback(tracker, remaining, 0, 1, open_run=open_run),
+                          search_alg=searcher, scheduler=scheduler, num_samples=remaining)
+        parent["status"] = "FINISHED"
+        parent["summary"].update(samples=wanted)
+    path = write_best_overlay(tracker, spec.family, session.study_dir, session.manifest,
+                              grid.budget)
     print(f"\nbest config overlay: {path}" if path else "\nno finished HPO sample")
     return 0

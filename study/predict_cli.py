@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CheckpointError, DataError, UserError
+from core.vocabulary import MODALITIES, REGIONS, VOLUME_METRICS
 
 _NIFTI = (".nii.gz", ".nii")
 
@@ -37,7 +38,7 @@ def register(subparsers: Any) -> None:
                    "sqlite:///mlflow.db or http://host:5000 (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--input", type=Path, help="a case folder (any BraTS naming) or a folder "
                    "of case folders (batch)")
-    for m in ("flair", "t1", "t1c", "t2"):
+    for m in MODALITIES:
         p.add_argument(f"--{m}", type=Path, metavar="FILE", help=f"explicit {m} NIfTI file")
     p.add_argument("--out", type=Path, required=True,
                    help="mask path (.nii.gz) for one case, or a folder (batch: <case_id>.nii.gz)")
@@ -53,7 +54,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--pred", type=Path, required=True, help="predicted mask file or folder")
     e.add_argument("--truth", type=Path, required=True,
                    help="truth mask/label file, or a folder of them / of BraTS case folders")
-    e.add_argument("--region", choices=("wt", "tc", "et"), default="wt",
+    e.add_argument("--region", choices=REGIONS, default="wt",
                    help="tumour region (default wt, whole tumour)")
     e.add_argument("--release", help="BraTS release of raw label maps, e.g. 2018 or 2023 "
                    "(default: from the case folder or the label values)")
@@ -116,7 +117,7 @@ def _is_nifti_path(path: Path) -> bool:
 
 def _jobs(args: argparse.Namespace) -> tuple[list[tuple[str, Any, Path]], bool]:
     """([(label, case folder or {modality: file}, output path)], batch?) from the arguments."""
-    explicit = {m: getattr(args, m) for m in ("flair", "t1", "t1c", "t2") if getattr(args, m)}
+    explicit = {m: getattr(args, m) for m in MODALITIES if getattr(args, m)}
     if explicit and args.input is not None:
         raise UserError("give either --input or explicit --flair/--t1/--t1c/--t2 files, not both")
     if explicit:
@@ -148,7 +149,8 @@ def _jobs(args: argparse.Namespace) -> tuple[list[tuple[str, Any, Path]], bool]:
 def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``predict``: 0 when every case was written, 1 if some failed (batch)."""
     from core.checkpoint import load_checkpoint
-    from core.inference import predict_to_file, resolve_device
+    from core.device import resolve_device
+    from core.evaluation.cases import predict_to_file
 
     jobs, batch = _jobs(args)
     device = resolve_device(args.device)
@@ -191,7 +193,7 @@ def _fmt(value: float, unit: str = "") -> str:
 def format_pair(row: dict[str, Any]) -> str:
     """Human-readable lines for one pair's result."""
     lines = [f"pred   {row['pred']}", f"truth  {row['truth']}  (region {row['region']})"]
-    for name in ("dice", "precision", "sensitivity", "specificity"):
+    for name in VOLUME_METRICS:
         lines.append(f"{name:<12} {_fmt(row[name])}")
     lines.append(f"{'hd95':<12} {_fmt(row['hd95'], ' mm')}")
     lines.append(f"voxels       pred {row['pred_voxels']}, truth {row['truth_voxels']}, "
@@ -218,7 +220,7 @@ def format_summary(result: dict[str, Any]) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of ``evaluate``: one pair of files or two folders paired by case id."""
-    from core.evaluation import evaluate_folders, evaluate_pair, json_safe
+    from core.evaluation.mask_files import evaluate_folders, evaluate_pair, json_safe
 
     pred, truth = Path(args.pred), Path(args.truth)
     for what, path in (("--pred", pred), ("--truth", truth)):

@@ -4,7 +4,7 @@ matrix, source×target transfer heatmaps, and paired transfer-vs-scratch compari
 ``write_report`` reads every run of one experiment (parent runs ``role=study``,
 child runs ``role=trial``; schema in ``study/tracking.py`` and ``study/runner.py``)
 and writes ``report.md``, ``report.json`` (every number in the tables, keyed so it
-can be checked against MLflow) and PNG heatmaps (``study/report_plots.py``).
+can be checked against MLflow) and PNG heatmaps (``study/report_markdown.py``, ``study/report_figures.py``).
 
 Statistics (helpers from ``core.metrics``, none re-implemented here):
 - One seed: a cell is the run's logged ``eval/<split>/<key>/<metric>`` mean and its
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from core.version import code_version
 from core.vocabulary import MODALITIES, REGIONS, STUDY_METRICS
-from study.report_plots import report_summary_lines, write_outputs
+from study.report_format import report_summary_lines
+from study.report_markdown import write_outputs
 from study.report_stats import (
     PerVolume,
     TrialRun,
@@ -256,11 +259,11 @@ def _hpo(runs: list[TrialRun]) -> dict[str, Any] | None:
     hpo = [r for r in runs if r.tag("family") == "hpo" and r.status == "FINISHED"]
     if not hpo:
         return None
-    scored = [r for r in hpo if math.isfinite(r.metrics.get("best/val_dice", math.nan))]
-    best = max(scored, key=lambda r: r.metrics["best/val_dice"]) if scored else None
+    scored = [r for r in hpo if math.isfinite(r.metrics.get("val/best_dice", math.nan))]
+    best = max(scored, key=lambda r: r.metrics["val/best_dice"]) if scored else None
     return {"n_trials": len(hpo), "best_run_id": best.run_id if best else None,
             "best_name": best.name if best else None,
-            "best_val_dice": best.metrics["best/val_dice"] if best else None}
+            "best_val_dice": best.metrics["val/best_dice"] if best else None}
 
 
 def build_report(tracking_uri: str, experiment: str,
@@ -274,9 +277,25 @@ def build_report(tracking_uri: str, experiment: str,
               "statistics": {"volume_ci": VOLUME_CI, "seed_ci": SEED_CI, "paired_ci": PAIRED_CI},
               "regions": {g: Sections(runs, g, vols).build()
                           for g in sorted(found, key=lambda g: _index(list(REGIONS), g))},
-              "hpo": _hpo(runs), "problems": _problems(runs)}
+              "hpo": _hpo(runs), "problems": _problems(runs), "cells": _cells(runs),
+              "produced_by": {"code_version": code_version(),
+                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
     report["header"]["runs_without_per_volume"] = sorted(vols.missing)
     return _clean(report)
+
+
+def _cells(runs: list[TrialRun]) -> list[dict[str, Any]]:
+    """Every finished cell: where its run and checkpoint are, and its own dice."""
+    out = []
+    for r in runs:
+        if r.status != "FINISHED":
+            continue
+        key = f"{'-'.join(r.mods)}"
+        out.append({"name": r.name, "run_id": r.run_id, "trial_id": r.tag("trial_id"),
+                    "kind": r.tag("kind"), "checkpoint": r.tag("best_checkpoint") or None,
+                    "eval_split": r.eval_split, "dice": r.metric(key, "dice"),
+                    "val_best_dice": r.metrics.get("val/best_dice")})
+    return out
 
 
 def _clean(node: Any) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,30 +60,20 @@ class TrialRun:
         return sorted({p[1] for p in found if p and p[2] == "dice"})
 
 
-def _search(client: Any, experiment_id: str, role: str) -> Iterator[Any]:
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], f"tags.role = '{role}'", max_results=1000,
-                                  page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
 def load_runs(tracking_uri: str, experiment: str) -> tuple[list[Any], list[TrialRun]]:
     """(parent runs, latest child run per trial id) of ``experiment``; UserError if absent."""
     from mlflow.tracking import MlflowClient
 
     from core.errors import UserError
+    from study.tracking import search_runs
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise UserError(f"MLflow experiment {experiment!r} not found at {tracking_uri}")
-    parents = list(_search(client, exp.experiment_id, "study"))
+    parents = list(search_runs(client, exp.experiment_id, "tags.role = 'study'"))
     latest: dict[str, TrialRun] = {}
-    for run in _search(client, exp.experiment_id, "trial"):
+    for run in search_runs(client, exp.experiment_id, "tags.role = 'trial'"):
         tr = TrialRun(run.info.run_id, run.info.run_name or run.info.run_id, run.info.status,
                       int(run.info.start_time or 0), dict(run.data.tags), dict(run.data.metrics))
         tid = tr.tag("trial_id") or tr.run_id
@@ -130,8 +120,10 @@ def seed_interval(values: Iterable[float]) -> tuple[float, float]:
     v = np.asarray(list(values), dtype=float)
     if v.size < 2:
         return (math.nan, math.nan)
-    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return (float(v.mean()) - half, float(v.mean()) + half)
+    if np.all(v == v[0]):
+        return (float(v[0]), float(v[0]))
+    low, high = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v))
+    return (float(low), float(high))
 
 
 def _stack(vols: PerVolume, runs: list[TrialRun], key: str, metric: str) -> np.ndarray:

@@ -149,22 +149,39 @@ class StudyRunner:
         from ray import tune
 
         from study.callbacks import StudyCallback
-        from study.trainable import run_trial
 
         callback = StudyCallback(self.tracker, total, done_before, number)
+        self.launch(f"stage{number}", {"trial": tune.grid_search(cells)}, callback)
+        outcome.done += sorted(callback.completed)
+        outcome.failed.update(callback.failed)
+        for cell in cells:
+            tid = cell["trial_id"]
+            if tid not in callback.completed and tid not in callback.failed:
+                outcome.interrupted = True
+                self.tracker.finish(cell["run_id"], "KILLED")
+
+    def launch(self, name: str, param_space: dict[str, Any], callback: Any, *,
+               search_alg: Any = None, scheduler: Any = None, num_samples: int = 1) -> None:
+        """The one Tuner of the project (grid stages and HPO): resources, retries from the
+        trial's checkpoint, one checkpoint kept per trial, MLflow through ``callback``."""
+        from ray import tune
+
+        from study.trainable import run_trial
+
         res = self.resources
         trainable = tune.with_resources(run_trial, {"cpu": res.cpus_per_trial, "gpu": self.trial_gpus()})
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search(cells)},
+            param_space=param_space,
             tune_config=tune.TuneConfig(
+                search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                 max_concurrent_trials=res.max_concurrent or None,
                 trial_name_creator=lambda t: t.config["trial"]["name"].replace("/", "_"),
-                trial_dirname_creator=lambda t: t.config["trial"]["trial_id"],
+                trial_dirname_creator=lambda t: f"{t.config['trial']['trial_id']}-{t.trial_id}",
                 reuse_actors=True,  # skip a process start (torch import) per trial
             ),
             run_config=tune.RunConfig(
-                name=f"stage{number}-{time.strftime('%Y%m%d-%H%M%S')}",
+                name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=str((self.study_dir / "ray_results").resolve()),
                 callbacks=[callback],
                 failure_config=tune.FailureConfig(max_failures=res.max_failures),
@@ -173,13 +190,6 @@ class StudyRunner:
             ),
         )
         tuner.fit()
-        outcome.done += sorted(callback.completed)
-        outcome.failed.update(callback.failed)
-        for cell in cells:
-            tid = cell["trial_id"]
-            if tid not in callback.completed and tid not in callback.failed:
-                outcome.interrupted = True
-                self.tracker.finish(cell["run_id"], "KILLED")
 
 
 def cluster_gpus() -> float:

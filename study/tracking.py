@@ -8,9 +8,8 @@ cluster workers need no tracking credentials.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 def default_tracking_uri(study_dir: Path) -> str:
@@ -34,6 +32,18 @@ def default_tracking_uri(study_dir: Path) -> str:
 
 def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+def search_runs(client: Any, experiment_id: str, filter_string: str) -> Iterator[Any]:
+    """Every run of the experiment matching ``filter_string``, page by page."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000,
+                                  page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 class Tracker:
@@ -92,14 +102,7 @@ class Tracker:
         return runs
 
     def _search(self, filter_string: str) -> Iterable[Any]:
-        token = None
-        while True:
-            page = self.client.search_runs([self.experiment_id], filter_string,
-                                           max_results=1000, page_token=token)
-            yield from page
-            token = page.token
-            if not token:
-                return
+        return search_runs(self.client, self.experiment_id, filter_string)
 
     def open_trial_run(self, spec: Any, tags: Mapping[str, str], existing: Any | None) -> str:
         """Reuse the cell's run if it exists (resume), else create it with params and tags."""
@@ -164,13 +167,6 @@ class Tracker:
             self.client.set_terminated(run.info.run_id, status)
             n += 1
         return n
-
-    def load_json(self, run_id: str, artifact_file: str) -> Any:
-        import mlflow.artifacts
-
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_file,
-                                                   tracking_uri=self.tracking_uri)
-        return json.loads(Path(path).read_text())
 
 
 def _param(value: Any) -> str:

@@ -15,11 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from core import metrics, validation
+from core import metrics
 from core.checkpoint import load_checkpoint, weights_digest
 from core.config import from_dict, merge, unflatten
+from core.device import resolve_device
+from core.evaluation import volumes
 from core.protocol import eval_metric
-from core.trainer import fit, resolve_device
+from core.trainer import fit
 
 FINAL_KEY = "trial/final"
 
@@ -61,6 +63,21 @@ def _report_epoch(report: dict[str, Any]) -> None:
         tune.report(numbers, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+def eval_summary(split: str, key: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The logged summary of one evaluation set: mean and 95% CI per study metric over the
+    per-volume ``rows``, plus the dice's volume counts (``eval/<split>/<key>/…``)."""
+    out: dict[str, float] = {}
+    for name in metrics.METRICS:
+        s = metrics.summarize([r[name] for r in rows])
+        out.update({eval_metric(split, key, name): s.mean,
+                    eval_metric(split, key, f"{name}_ci_low"): s.ci_low,
+                    eval_metric(split, key, f"{name}_ci_high"): s.ci_high})
+        if name == "dice":
+            out[eval_metric(split, key, "n_volumes")] = s.n
+            out[eval_metric(split, key, "n_excluded")] = s.n_excluded
+    return out
+
+
 def eval_metrics(state: dict[str, Any], store: str, eval_sets: list[str], split: str,
                  device: str) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
     """``eval/<split>/<set>/<metric>`` means with CIs, and per-volume rows per evaluation set."""
@@ -68,17 +85,10 @@ def eval_metrics(state: dict[str, Any], store: str, eval_sets: list[str], split:
     rows: dict[str, list[dict[str, Any]]] = {}
     for eval_set in eval_sets:
         mods = tuple(eval_set.split(","))
-        key = validation.modality_key(mods)
-        results = validation.evaluate_checkpoint(state, store, mods, split, resolve_device(device))
+        key = volumes.modality_key(mods)
+        results = volumes.evaluate_checkpoint(state, store, mods, split, resolve_device(device))
         rows[key] = [r.row() for r in results]
-        for name, fn in metrics.METRICS.items():
-            s = metrics.summarize([fn(r.counts) for r in results])
-            out.update({eval_metric(split, key, name): s.mean,
-                        eval_metric(split, key, f"{name}_ci_low"): s.ci_low,
-                        eval_metric(split, key, f"{name}_ci_high"): s.ci_high})
-            if name == "dice":
-                out[eval_metric(split, key, "n_volumes")] = s.n
-                out[eval_metric(split, key, "n_excluded")] = s.n_excluded
+        out.update(eval_summary(split, key, rows[key]))
     return out, rows
 
 
@@ -110,7 +120,7 @@ def run_trial(config: dict[str, Any]) -> None:
         state = load_checkpoint(result.best_path)
         # val/best_dice and epoch again: schedulers check every result for their metric
         final.update({"val/best_dice": result.best_score, "epoch": result.epochs,
-                      "best/val_dice": result.best_score, "best/epoch": result.best_epoch,
+                      "best/epoch": result.best_epoch,
                       "train/epochs": result.epochs, "train/steps": result.steps})
         final["tags"] = {"best_checkpoint": str(result.best_path), "stopped": result.stopped,
                          "init_digest": result.init_digest,

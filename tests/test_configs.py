@@ -6,24 +6,26 @@ from pathlib import Path
 
 import pytest
 
-from core.config import CONFIG_DIR, ExperimentConfig, load_config, read_yaml, resolve_budget
+from core.config import CONFIG_DIR, ExperimentConfig, load_config, merge, read_yaml, resolve_budget
 from core.errors import ConfigError
 
-BUDGETS = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml") if p.stem != "base")
+BUDGETS = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml"))
 
 
-def test_base_yaml_holds_the_paper_values():
+def test_defaults_are_the_paper_values():
     cfg = load_config()
-    assert cfg == ExperimentConfig()  # dataclass defaults are the paper too
+    assert cfg == ExperimentConfig()
     assert (cfg.optim.lr_s, cfg.optim.rho, cfg.optim.eps) == (2e-5, 0.9, 1e-7)
+    assert cfg.optim.lr_schedule == "constant" and cfg.train.bn_recalibration == 0
     assert (cfg.data.batch_size, cfg.data.train_crop, cfg.optim.critic_clip) == (64, 160, 0.05)
     assert cfg.train.patience == 300 and cfg.train.seed == 1234567890
     assert cfg.model.critic_input == "concat" and cfg.loss.l1_mode == "global"
 
 
 @pytest.mark.parametrize("budget", BUDGETS)
-def test_every_budget_loads(budget):
-    assert isinstance(load_config(budget), ExperimentConfig)
+def test_every_budget_is_the_defaults_plus_its_file(budget):
+    layer = read_yaml(CONFIG_DIR / "train" / f"{budget}.yaml")
+    assert load_config(budget).to_dict() == merge(ExperimentConfig().to_dict(), layer)
 
 
 def test_budgets_exist():

@@ -88,3 +88,23 @@ def test_regions_on_synthetic(synthetic_store: Path) -> None:
     et = SliceDataset(synthetic_store, "train", ["t1c"], 80, False, region="et")
     i = int(np.argmax([wt[k][1].sum().item() for k in range(0, len(wt), 7)])) * 7
     assert 0 < et[i][1].sum() < wt[i][1].sum()
+
+
+def test_fold_selects_validation_cases(tmp_path: Path, synthetic_nifti: Path) -> None:
+    """data.fold k: fold k validates, the other non-test cases train; test is untouched."""
+    from core.config import load_config
+    from core.data.prepare import prepare
+    from core.training_data import store_data
+
+    out = tmp_path / "folds.zarr"
+    prepare(synthetic_nifti, out, folds=3, test_fraction=0.15, log=lambda _: None)
+    store = BratsStore(out)
+    seen_val: set[str] = set()
+    for k in range(3):
+        cfg = load_config("smoke", overrides={"data.store": str(out), "data.fold": k})
+        data = store_data(cfg)
+        val_ids = {cid for cid, _, _ in data.val()}
+        assert val_ids == set(store.case_ids("val", fold=k))
+        assert not val_ids & set(data.train.case_ids) and not val_ids & set(store.case_ids("test"))
+        seen_val |= val_ids
+    assert seen_val | set(store.case_ids("test")) == set(store.case_ids())

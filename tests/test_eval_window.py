@@ -20,10 +20,10 @@ from core.data.brats import find_case_files, load_volume
 from core.data.dataset import iter_volumes
 from core.data.prepare import prepare
 from core.data.store import BratsStore
-from core.inference import predict_case
+from core.evaluation.cases import predict_case
+from core.evaluation.volumes import evaluate_volumes
 from core.model import build_networks
 from core.protocol import EVAL_WINDOW, window_slices
-from core.validation import evaluate_volumes
 
 CASE = "Brats18_CBICA_ABM_1"
 

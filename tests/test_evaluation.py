@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from core.errors import DataError
-from core.evaluation import evaluate_folders, evaluate_pair, json_safe
+from core.evaluation.mask_files import evaluate_folders, evaluate_pair, json_safe
 
 SPACING = (1.0, 1.0, 2.5)
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/brats-samples"

@@ -25,6 +25,7 @@ def test_frozen_groups_do_not_change_and_trainable_ones_do(name, source_checkpoi
     cfg = load_config("smoke", overrides={
         "data.modalities": ["flair"], "train.max_epochs": 2,
         "transfer.source": str(source_checkpoint), "transfer.freeze": name,
+        "train.bn_recalibration": 16,  # re-averaging BN statistics must spare frozen layers
     })
     src = torch.load(source_checkpoint, weights_only=True)
     result = fit(cfg, tmp_path, data_source=phantom_data(seed=5))
@@ -46,8 +47,14 @@ def test_frozen_groups_do_not_change_and_trainable_ones_do(name, source_checkpoi
     assert all(moved for _, moved in changed), [k for k, m in changed if not m]
 
 
-def test_scratch_ignores_sources_and_every_strategy_is_described():
-    assert not STRATEGIES["scratch"].loads_source
-    for s in STRATEGIES.values():
-        assert s.description
-    assert {"scratch", "full", "s_din", "s_only", "decoder_only"} <= set(STRATEGIES)
+def test_scratch_starts_fresh_and_transfers_start_from_the_source(source_checkpoint, tmp_path):
+    from core.checkpoint import load_checkpoint, weights_digest
+
+    src = load_checkpoint(source_checkpoint)
+    source_digest = weights_digest(src["segmentor"], src["critic"])
+    for name, from_source in (("scratch", False), ("full", True), ("s_din", True)):
+        cfg = load_config("smoke", overrides={
+            "data.modalities": ["flair"], "train.max_epochs": 1,
+            "transfer.source": str(source_checkpoint), "transfer.freeze": name})
+        result = fit(cfg, tmp_path / name, data_source=phantom_data(seed=5))
+        assert (result.init_digest == source_digest) == from_source, name

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import run_study
+from core.data.store import BratsStore
 from core.errors import ConfigError, UserError
 from study.grids import ExpandContext, expand, list_grids
 from study.runner import decide_gpus
@@ -77,11 +78,14 @@ def test_bad_axis_values_fail_before_anything_starts(tmp_path: Path, body, messa
         expand(str(grid), CTX)
 
 
-def test_cli_dry_run_and_unknown_grid(capsys):
-    assert run_study.main(["--grid", "transfer_flair", "--dry-run"]) == 0
+def test_cli_dry_run_and_unknown_grid(capsys, synthetic_store):
+    assert run_study.main(["--grid", "transfer_flair", "--dry-run", "--data", str(synthetic_store)]) == 0
     out = capsys.readouterr().out
     assert "stage 2 (9 trials)" in out and "<- unimodal/segan-cat/flair" in out
     assert "budget: demo (auto: synthetic store" in out
+    real_ids = {t.trial_id for t in expand("transfer_flair", ExpandContext(
+        "demo", str(synthetic_store), BratsStore(synthetic_store).manifest["store_id"], (0,))).trials}
+    assert all(tid in out for tid in real_ids)  # the dry run names the cells the run will run
     assert run_study.main(["--grid", "transfer_al", "--dry-run"]) == 2
     assert "did you mean 'transfer_all'" in capsys.readouterr().err
     assert run_study.main(["--grid", "smoke", "--dry-run", "--set", "optim.lr=1"]) == 2
@@ -138,3 +142,24 @@ def test_a_gpu_request_without_gpus_fails_before_logging(synthetic_store, tmp_pa
     assert rc == 2
     assert "the Ray cluster has no GPU" in capsys.readouterr().err
     assert not study_dir.exists()
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ("optim.lr: {type: uniform, low: 0.1, high: 0.2}", "search.space.optim.lr: unknown config key 'optim.lr'"),
+    ("optim.lr_s: {type: uniform, low: -1, high: 0.2}", "search.space.optim.lr_s: optim.lr_s: must be > 0"),
+    ("loss.l1_mode: {type: choice, values: [global, mean]}", "search.space.loss.l1_mode: loss.l1_mode: must be"),
+    ("optim.lr_s: {type: normal, low: 0.1, high: 0.2}", "search.space.optim.lr_s.type: unknown 'normal'"),
+])
+def test_hpo_space_is_checked_before_anything_starts(tmp_path, space, message, capsys,
+                                                     synthetic_store):
+    from study.hpo import check_space
+
+    grid_file = tmp_path / "search.yaml"
+    grid_file.write_text("budget: smoke\nfamilies:\n  hpo:\n    kind: train\n    axes:\n"
+                         "      modalities: [flair]\nsearch:\n  space:\n    " + space + "\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_space(expand(str(grid_file), CTX))
+    study_dir = tmp_path / "never"
+    assert run_study.main(["--grid", str(grid_file), "--study-dir", str(study_dir),
+                           "--data", str(synthetic_store)]) == 2
+    assert message in capsys.readouterr().err and not study_dir.exists()

@@ -16,7 +16,7 @@ from core.config import ExperimentConfig, load_config
 from core.data.prepare import prepare
 from core.data.preprocess import PreprocessParams
 from core.errors import CheckpointError, DataError, UserError
-from core.inference import predict_case, predict_to_file
+from core.evaluation.cases import predict_case, predict_to_file
 from core.model import build_networks
 from core.trainer import fit
 

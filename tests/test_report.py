@@ -1,4 +1,4 @@
-"""The report against a real SQLite MLflow store written by hand with the study's schema.
+"""The report against a real SQLite MLflow store written through the study's Tracker.
 
 Every logged test metric is computed from the run's per-volume rows with
 ``core.metrics.summarize`` (as the trainable does), so the report's numbers can be
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from core.errors import UserError
 from core.metrics import summarize
 from study.report import report_summary_lines, write_report
 from study.report_stats import seed_interval
+from study.tracking import Tracker
+from study.trainable import eval_summary
 
 NAN = math.nan
 FOUR = "flair,t1,t1c,t2"
@@ -31,23 +34,16 @@ def rows(dice: list[float], cases: list[str] | None = None) -> list[dict]:
             for c, d in zip(cases, dice, strict=True)]
 
 
-def test_metrics(per_volume: dict[str, list[dict]]) -> dict[str, float]:
+def logged_metrics(per_volume: dict[str, list[dict]]) -> dict[str, float]:
+    """What a trial logs for these rows: the trainable's own summary (``eval_summary``)."""
     out: dict[str, float] = {}
     for key, rs in per_volume.items():
-        for name in ("dice", "precision", "sensitivity"):
-            s = summarize([r[name] for r in rs])
-            out.update({f"eval/test/{key}/{name}": s.mean, f"eval/test/{key}/{name}_ci_low": s.ci_low,
-                        f"eval/test/{key}/{name}_ci_high": s.ci_high})
-            if name == "dice":
-                out.update({f"eval/test/{key}/n_volumes": s.n, f"eval/test/{key}/n_excluded": s.n_excluded})
+        out.update(eval_summary("test", key, rs))
     return out
 
 
-test_metrics.__test__ = False  # a helper, not a test
-
-
 class Store:
-    """Writes parent and child runs the way study/tracking.py does."""
+    """Parent and child runs written through the study's own ``Tracker`` and summaries."""
 
     def __init__(self, root: Path) -> None:
         from mlflow.tracking import MlflowClient
@@ -71,19 +67,19 @@ class Store:
               per_volume: dict[str, list[dict]] | None = None, status: str = "FINISHED",
               extra: dict[str, float] | None = None) -> str:
         """A child run with the schema's tags, test metrics from ``per_volume``, the artifact."""
-        from mlflow.entities import Metric
-
         base = {"role": "trial", "mlflow.parentRunId": exp[1], "trial_id": name, "grid": "test",
                 "budget": "smoke", "store_id": "s1", "code_version": "abc123",
                 "eval_split": "test", "region": "wt", "seed": "0", "variant": "segan-cat",
                 "freeze": "scratch", "stage": "1"}
-        run_id = self.client.create_run(exp[0], run_name=name, tags={**base, **tags}).info.run_id
+        tracker = Tracker(self.uri, self.client.get_experiment(exp[0]).name)
+        tracker.parent_id = exp[1]
+        spec = SimpleNamespace(name=name, config={"data": {"modalities": tags.get("modalities")}},
+                               eval_modalities=())
+        run_id = tracker.open_trial_run(spec, {**base, **tags, "mlflow.runName": name}, None)
         if per_volume is not None:
-            values = {**test_metrics(per_volume), **(extra or {})}
-            metrics = [Metric(k, v, 0, 1) for k, v in values.items() if math.isfinite(v)]
-            self.client.log_batch(run_id, metrics=metrics)
-            self.client.log_dict(run_id, per_volume, "per_volume.json")
-        self.client.set_terminated(run_id, status)
+            tracker.log_metrics(run_id, {**logged_metrics(per_volume), **(extra or {})}, step=1)
+            tracker.log_json(run_id, per_volume, "per_volume.json")
+        tracker.finish(run_id, status)
         return run_id
 
 
@@ -103,7 +99,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         tags = {**train, "family": "table1", "variant": variant, "modalities": FOUR}
         ids[variant] = store.child(exp, f"table1/{variant}", tags, {"flair-t1-t1c-t2": rows(dice)})
     store.child(exp, "hpo/0", {**train, "family": "hpo", "modalities": FOUR},  # not in Table I
-                {"flair-t1-t1c-t2": rows([0.99, 0.99])}, extra={"best/val_dice": 0.7})
+                {"flair-t1-t1c-t2": rows([0.99, 0.99])}, extra={"val/best_dice": 0.7})
     uni = {**train, "family": "unimodal"}
     ids["flair0"] = store.child(exp, "uni/flair/0", {**uni, "modalities": "flair"},
                                 {"flair": rows(FLAIR_S0)})

@@ -77,15 +77,20 @@ def test_2_interrupt_stops_cleanly(study):
     cmd = [sys.executable, str(REPO / "run_study.py"), *_args(study_dir, store, "--no-report")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    source = next(t for t in _grid(store).trials if t.name.startswith(FAILING_SOURCE))
+    first_epoch = study_dir / "trials" / source.trial_id / "last.pt"
+    assert not first_epoch.exists()  # it failed at start in test 1
     lines = []
     deadline = time.monotonic() + 240
     for line in proc.stdout:  # wait until stage 1 has launched the failed source again
         lines.append(line)
         if line.startswith("== stage 1"):
-            time.sleep(3)
-            proc.send_signal(signal.SIGINT)
             break
         assert time.monotonic() < deadline, "".join(lines)
+    while not first_epoch.exists():  # ... and it has finished an epoch: interrupt mid-training
+        assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=240)
     text = "".join(lines) + out
     assert proc.returncode == 130, text

@@ -9,8 +9,9 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.config import load_config
+from core.device import resolve_device
 from core.errors import CheckpointError, ConfigError
-from core.trainer import StopTraining, build_state, fit, resolve_device, train_step
+from core.trainer import StopTraining, build_state, fit, train_step
 from tests.toy_data import phantom_data
 
 
@@ -152,3 +153,33 @@ def test_patience_stops_after_no_improvement(tmp_path):
     result = fit(cfg, tmp_path, data_source=phantom_data(n_train=16))
     assert result.stopped == "patience"
     assert result.epochs - result.best_epoch == 2
+
+
+def test_val_every_validates_on_its_epochs_and_the_last(tmp_path):
+    cfg = tiny_cfg(**{"train.max_epochs": 5, "train.val_every": 2})
+    result = fit(cfg, tmp_path, data_source=phantom_data(n_train=16))
+    validated = [int(h["epoch"]) for h in result.history if "val/dice" in h]
+    assert validated == [2, 4, 5]
+
+
+def test_carry_optimizer_takes_the_segmentor_state_only_when_groups_match(tmp_path):
+    source = fit(tiny_cfg(**{"train.max_epochs": 1}), tmp_path / "src",
+                 data_source=phantom_data(n_train=16))
+    src = load_checkpoint(source.best_path)
+    carry = {"transfer.source": str(source.best_path), "transfer.carry_optimizer": True}
+    state = build_state(tiny_cfg(**carry, **{"transfer.freeze": "full"}), torch.device("cpu"))
+    carried = state.opt_s.state_dict()["state"]
+    assert carried and all(torch.equal(carried[k]["square_avg"], src["opt_s"]["state"][k]["square_avg"])
+                           for k in carried)
+    assert not state.opt_d.state_dict()["state"]  # the critic starts with a fresh optimiser
+    with pytest.raises(ConfigError, match="carry_optimizer.*use carry_optimizer: false"):
+        build_state(tiny_cfg(**carry, **{"transfer.freeze": "decoder_only"}), torch.device("cpu"))
+
+
+def test_a_source_with_other_channels_is_refused_naming_the_layers(tmp_path):
+    four = fit(tiny_cfg(**{"train.max_epochs": 1, "data.modalities": ["flair", "t1", "t1c", "t2"]}),
+               tmp_path / "four", data_source=phantom_data(n_train=16, channels=4))
+    cfg = tiny_cfg(**{"transfer.source": str(four.best_path), "transfer.freeze": "full"})
+    with pytest.raises(CheckpointError, match=r"segmentor from .*shape mismatch: enc1\.conv\.weight: "
+                       r"checkpoint \(8, 4, 4, 4\) vs model \(8, 1, 4, 4\)"):
+        build_state(cfg, torch.device("cpu"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.trainer import TrainData
+from core.training_data import TrainData
 
 
 def disc_phantoms(n: int, size: int, channels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

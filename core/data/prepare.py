@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.atomic import staging_path
 from core.data.brats import CaseFiles, check_simpleitk, discover_cases
 from core.data.preprocess import PreprocessParams, preprocess_case, region_mask
 from core.data.splits import (
@@ -35,15 +36,14 @@ from core.data.store import (
     BratsStore,
     StorageSpec,
     check_output_path,
-    code_version,
     commit_store,
     create_store,
     is_store,
     layout_dict,
-    staging_path,
     write_case,
 )
 from core.errors import DataError
+from core.version import code_version
 from core.vocabulary import MODALITIES
 
 Log = Callable[[str], None]

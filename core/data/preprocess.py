@@ -90,7 +90,7 @@ def label_scheme(release: str) -> str:
 
 
 def region_mask(labels: np.ndarray, region: str, release: str) -> np.ndarray:
-    """Binary uint8 {0,1} mask of ``region`` ("wt", "tc", "et") from a label map, any shape.
+    """Binary uint8 {0,1} mask of ``region`` (wt, tc or et) from a label map, any shape.
 
     WT = label > 0. TC/ET: <=2021 TC = 1|4, ET = 4; 2023 TC = 1|3, ET = 3;
     2015 TC = 1|3|4, ET = 4.

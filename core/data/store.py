@@ -27,15 +27,14 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from core.atomic import staging_path
 from core.data.brats import check_names
 from core.data.preprocess import PreprocessedCase, region_mask
 from core.data.splits import SPLITS
 from core.errors import DataError
-from core.version import code_version  # noqa: F401 - part of this module's API
 
 FORMAT = "segan-brats-store"
 FORMAT_VERSION = 1
-_REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -82,11 +81,6 @@ def store_id(manifest: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- writing
-
-
-def staging_path(out: Path) -> Path:
-    """A fresh temporary path beside ``out`` (same filesystem, so the final rename is atomic)."""
-    return out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def create_store(path: Path) -> None:

@@ -18,15 +18,13 @@ lowest slices, outside the default crop, so empty masks occur.
 from __future__ import annotations
 
 import fcntl
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from core.atomic import atomic_path
 from core.errors import DataError
 
 SYNTHETIC_VERSION = 2  # bump when the generator changes: cached stores rebuild
@@ -216,14 +214,10 @@ def write_synthetic_brats(
         raise DataError(f"{out_dir} already exists; synthetic data is written to a new folder")
     if n_cases < 1 or min(shape) < 16:
         raise DataError(f"need n_cases >= 1 and every shape axis >= 16, got {n_cases}, {shape}")
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
         for index in range(n_cases):
             _write_case(tmp, index, tuple(int(s) for s in shape), seed)  # type: ignore[arg-type]
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -119,5 +119,6 @@ def evaluate_checkpoint(
             f"cannot evaluate it on {','.join(modalities)}"
         )
     segmentor.to(device)
-    volumes = iter_volumes(store, split, modalities, cfg.data.region)
+    fold = None if cfg.data.fold < 0 else cfg.data.fold
+    volumes = iter_volumes(store, split, modalities, cfg.data.region, fold=fold)
     return evaluate_volumes(segmentor, volumes, cfg.train.threshold, device)

@@ -1,64 +1,32 @@
-"""Output of the study report: PNG heatmaps, ``report.md``, ``report.json``, and
-the few lines the CLI prints.
-
-Everything here reads only the JSON-ready dict built by ``study.report.build_report``
-(no MLflow), so what the markdown shows is exactly what ``report.json`` holds.
-Figures use matplotlib's object API with the Agg canvas: no pyplot global state,
-no display needed. Files are written to a temporary name and renamed.
-"""
+"""``report.md`` and ``report.json`` of the study report, from the report dict only, so
+what the markdown shows is exactly what ``report.json`` holds."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from core.protocol import EVAL_WINDOW
-from core.vocabulary import MODALITY_LABELS
-
-FREEZE_LABELS = {"full": "(S, D) = full", "s_din": "(S, Din) = s_din",
-                 "s_only": "S only (critic frozen)", "decoder_only": "decoder only",
-                 "scratch": "from scratch"}
-NONE = "—"
-FIGURE_PATTERNS = ("fig2_cross_modality*.png", "transfer_dice_*.png", "transfer_gain_*.png")
-
-
-# -- numbers --------------------------------------------------------------------
-def modality_label(key: str) -> str:
-    return "+".join(MODALITY_LABELS.get(m, m) for m in key.replace(",", "-").split("-"))
-
-
-def num(x: float | None, signed: bool = False) -> str:
-    return NONE if x is None else f"{x:+.3f}" if signed else f"{x:.3f}"
+from core.atomic import write_text
+from core.vocabulary import STUDY_METRICS
+from study.report_figures import FIGURE_PATTERNS, draw_figures
+from study.report_format import (
+    EVAL_WINDOW_TEXT,
+    FREEZE_LABELS,
+    NONE,
+    comparability,
+    excluded_text,
+    fmt_cell,
+    interval,
+    modality_label,
+    num,
+    seeds_text,
+)
 
 
-def interval(lo: float | None, hi: float | None, signed: bool = False) -> str:
-    return "" if lo is None or hi is None else f" [{num(lo, signed)}, {num(hi, signed)}]"
-
-
-def fmt_cell(cell: dict[str, Any] | None) -> str:
-    """``mean [volume CI]``, plus ``; seeds [t-interval]`` when several seeds exist."""
-    if not cell:
-        return NONE
-    text = num(cell["mean"]) + interval(cell["ci_low"], cell["ci_high"])
-    if cell["n_seeds"] > 1 and cell["seed_ci_low"] is not None:
-        text += f"; seeds{interval(cell['seed_ci_low'], cell['seed_ci_high'])}"
-    return text
-
-
-def seeds_text(*cells: dict[str, Any] | None) -> str:
-    n = max((c["n_seeds"] for c in cells if c), default=0)
-    return NONE if n == 0 else "1 seed" if n == 1 else f"{n} seeds"
-
-
-def excluded_text(cell: dict[str, Any] | None) -> str:
-    if not cell or cell["n_excluded"] is None:
-        return NONE
-    return f"{cell['n_excluded']}/{cell['n_excluded'] + (cell['n_volumes'] or 0)}"
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def _paper(values: Any, i: int | None = None) -> str:
@@ -67,100 +35,6 @@ def _paper(values: Any, i: int | None = None) -> str:
     return " / ".join(f"{v:.3f}" for v in values) if i is None else f"{values[i]:.3f}"
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-# -- heatmaps -------------------------------------------------------------------
-def heatmap(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str], title: str,
-            xlabel: str, ylabel: str, diverging: bool = False) -> Path:
-    """Annotated heatmap; NaN cells grey with a dash. Dice on [0, 1], gains centred on 0."""
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(1.3 * len(cols) + 2.2, 1.0 * len(rows) + 1.6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    cmap = colormaps["RdBu" if diverging else "viridis"].with_extremes(bad="#dddddd")
-    finite = matrix[np.isfinite(matrix)]
-    span = max(0.05, float(np.abs(finite).max())) if diverging and finite.size else 1.0
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap,
-                      vmin=-span if diverging else 0.0, vmax=span)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(len(cols)), labels=[modality_label(c) for c in cols])
-    ax.set_yticks(range(len(rows)), labels=[modality_label(r) for r in rows])
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    for (i, j), v in np.ndenumerate(matrix):
-        text = NONE if not np.isfinite(v) else f"{v:+.3f}" if diverging else f"{v:.3f}"
-        dark = np.isfinite(v) and (abs(v) > 0.6 * span if diverging else v < 0.5)
-        ax.text(j, i, text, ha="center", va="center", fontsize=9,
-                color="white" if dark else "black")
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    return path
-
-
-def _matrix(cells: list[dict[str, Any]], rows: list[str], cols: list[str], r: str, c: str,
-            value: Any) -> np.ndarray:
-    m = np.full((len(rows), len(cols)), np.nan)
-    for cell in cells:
-        v = value(cell)
-        if v is not None and cell[r] in rows and cell[c] in cols:
-            m[rows.index(cell[r]), cols.index(cell[c])] = v
-    return m
-
-
-def draw_figures(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
-    """Write every heatmap; returns ``"<region>/<figure>" -> file name`` (relative to out_dir)."""
-    out: dict[str, str] = {}
-    for region, sec in report["regions"].items():
-        sfx = "" if region == "wt" else f"_{region}"
-        region_title = "" if region == "wt" else f" ({region.upper()})"
-        cross = sec["cross_modality"]
-        if cross["cells"]:
-            name = f"fig2_cross_modality{sfx}.png"
-            m = _matrix(cross["cells"], cross["rows"], cross["cols"], "trained_on", "evaluated_on",
-                        lambda c: c["dice"]["mean"])
-            heatmap(out_dir / name, m, cross["rows"], cross["cols"], f"Test dice{region_title}",
-                    "evaluated on", "trained on")
-            out[f"{region}/cross_modality"] = name
-        tr = sec["transfer"]
-        for freeze in tr["freezes"]:
-            cells = [c for c in tr["cells"] if c["freeze"] == freeze]
-            label = FREEZE_LABELS.get(freeze, freeze)
-            for what, value, diverging in (
-                    ("dice", lambda c: c["dice"]["mean"] if c["dice"] else None, False),
-                    ("gain", lambda c: c["gain"]["gain"] if c["gain"] else None, True)):
-                name = f"transfer_{what}_{freeze}{sfx}.png"
-                title = ("Transfer dice" if what == "dice" else "Gain over scratch") + f", {label}"
-                matrix = _matrix(cells, tr["sources"], tr["targets"], "source", "target", value)
-                heatmap(out_dir / name, matrix, tr["sources"], tr["targets"], title + region_title,
-                        "target", "source", diverging)
-                out[f"{region}/transfer_{what}/{freeze}"] = name
-    return out
-
-
-EVAL_WINDOW_TEXT = f"centre {EVAL_WINDOW}² of each slice, or the whole slice when smaller"
-
-
-def comparability(header: dict[str, Any]) -> str:
-    """Why these numbers are not comparable to the paper's columns ('' when they are)."""
-    if header.get("synthetic"):
-        return ("synthetic data: a smoke test of the pipeline on the embedded dataset, not "
-                "comparable to the paper's BraTS columns")
-    budgets = [b.split(" ")[0] for b in header.get("budgets", [])]
-    if any(b != "paper" for b in budgets):
-        return (f"budget {'/'.join(budgets)}, not the paper's: a shorter schedule and a smaller "
-                "network; the paper columns are context, not a like-for-like comparison")
-    return ""
-
-
-# -- markdown -------------------------------------------------------------------
 def _header_md(report: dict[str, Any]) -> str:
     h, runs, s = report["header"], report["header"]["runs"], report["statistics"]
 
@@ -224,7 +98,7 @@ def _table1_md(sec: dict[str, Any], title: str) -> str:
         label = r["label"] + ("" if r["modalities"].count(",") == 3
                               else f" ({modality_label(r['modalities'])})")
         paper = r["paper"] or {}
-        rows.append([label, *(fmt_cell(r[m]) for m in ("dice", "precision", "sensitivity")),
+        rows.append([label, *(fmt_cell(r[m]) for m in STUDY_METRICS),
                      seeds_text(r["dice"]), excluded_text(r["dice"]),
                      _paper(paper.get("2015")), _paper(paper.get("2019"))])
     table = _table(["Model", "Dice", "Precision", "Sensitivity", "Seeds", "Excluded",
@@ -345,14 +219,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n\n".join(parts + ([tail] if tail else [])) + "\n"
 
 
-# -- files ----------------------------------------------------------------------
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_outputs(report: dict[str, Any], out_dir: Path) -> Path:
     """Heatmaps, then ``report.json``, then ``report.md`` (its path is returned)."""
     out_dir = out_dir.resolve()
@@ -362,43 +228,8 @@ def write_outputs(report: dict[str, Any], out_dir: Path) -> Path:
     for pattern in FIGURE_PATTERNS:  # heatmaps of an earlier report that this one lacks
         for stale in set(out_dir.glob(pattern)) - keep:
             stale.unlink()
-    _atomic_text(out_dir / "report.json", json.dumps(report, indent=2))
-    _atomic_text(out_dir / "report.md", render_markdown(report))
+    write_text(out_dir / "report.json", json.dumps(report, indent=2))
+    write_text(out_dir / "report.md", render_markdown(report))
     return out_dir / "report.md"
 
 
-# -- console summary ------------------------------------------------------------
-def report_summary_lines(report_path: Path) -> list[str]:
-    """A few lines for the CLI: run counts, Table I and II dice, transfer vs scratch.
-
-    ``report_path`` is the report folder, ``report.md`` or ``report.json``.
-    """
-    path = Path(report_path)
-    report = json.loads((path / "report.json" if path.is_dir() else path.with_suffix(".json"))
-                        .read_text())
-    runs = report["header"]["runs"]
-    split = "/".join(report["header"]["eval_splits"]) or "?"
-    lines = [f"runs: {runs['finished']} finished, {runs['failed']} failed, {runs['skipped']} "
-             f"skipped; numbers from the {split} split"]
-    caveat = comparability(report["header"])
-    if caveat:
-        lines.append(f"note: {caveat}")
-    for region, sec in report["regions"].items():
-        tag = "" if region == "wt" else f" ({region})"
-        if sec["table1"]:
-            lines.append(f"Table I dice{tag}: " + " | ".join(
-                f"{r['label']} {fmt_cell(r['dice'])}" for r in sec["table1"]))
-        if sec["table2"]:
-            lines.append(f"Table II dice{tag}: " + " | ".join(
-                f"{modality_label(r['modality'])} {fmt_cell(r['dice'])}" for r in sec["table2"]))
-        paired = [c for c in sec["transfer"]["cells"]
-                  if c["paired"] and c["paired"]["mean_diff"] is not None]
-        if paired:
-            best = max(paired, key=lambda c: c["paired"]["mean_diff"])
-            p = best["paired"]
-            better = sum(c["paired"]["verdict"] == "transfer better" for c in paired)
-            pair = f"{modality_label(best['source'])}→{modality_label(best['target'])}"
-            lines.append(f"transfer vs scratch{tag}: {better}/{len(paired)} cells better (95% CI "
-                         f"> 0); largest gain {pair} {best['freeze']} {num(p['mean_diff'], True)}"
-                         f"{interval(p['ci_low'], p['ci_high'], True)}")
-    return lines

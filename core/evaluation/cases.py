@@ -16,8 +16,6 @@ original affine and header, so it overlays the input images in any viewer.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.atomic import atomic_path
 from core.checkpoint import build_segmentor
-from core.device import resolve_device  # noqa: F401 - used by the predict CLI
+from core.device import resolve_device
 from core.errors import CheckpointError, DataError
-from core.validation import predict_volume
+from core.evaluation.volumes import predict_volume
 
 REQUIRED_KEYS = ("config", "in_channels", "modalities", "segmentor")
 
@@ -143,7 +142,6 @@ def save_nifti(path: str | Path, volume: np.ndarray, affine: np.ndarray, header:
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = header.copy() if header is not None else None
     if isinstance(header, nib.Nifti1Header) and not isinstance(header, nib.Nifti2Header):
         img: Any = nib.Nifti1Image(volume, affine, header)
@@ -153,14 +151,8 @@ def save_nifti(path: str | Path, volume: np.ndarray, affine: np.ndarray, header:
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, 0  # 0/0 = unset: viewers autoscale
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix) as tmp:  # nibabel picks the format from the extension
+        nib.save(img, str(tmp))
 
 
 def prob_path_for(mask_path: Path) -> Path:

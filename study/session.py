@@ -1,0 +1,144 @@
+"""One study invocation, built once: typed options, Ray, the study folder, the MLflow
+tracker with its parent run, and the runner. Grids and HPO both start here.
+
+Nothing below the CLI sees argparse's namespace: ``StudyOptions.from_args`` is the
+one place flags become typed values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.atomic import write_text
+from core.errors import UserError
+from study.grids import Grid
+from study.runner import Resources, StudyRunner
+from study.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Every flag of the study command, typed."""
+
+    grid: str = "transfer_all"
+    data: str | None = None
+    budget: str | None = None
+    study_dir: Path | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    address: str | None = None
+    seeds: tuple[int, ...] | None = None
+    overlays: tuple[Path, ...] = ()
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    num_samples: int | None = None
+    report: bool = True
+
+    @classmethod
+    def from_args(cls, args: Any) -> StudyOptions:
+        try:
+            seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+        except ValueError:
+            raise UserError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
+        return cls(
+            grid=args.grid, data=args.data, budget=args.budget,
+            study_dir=Path(args.study_dir) if args.study_dir else None,
+            tracking_uri=args.tracking_uri, experiment=args.experiment, address=args.address,
+            seeds=seeds, overlays=tuple(Path(p).resolve() for p in args.overlay),
+            overrides=parse_sets(args.set),
+            resources=Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
+                                args.max_failures, args.inject_failure),
+            num_samples=args.num_samples, report=not args.no_report)
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def hardware() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}"
+
+
+def eval_split_of(manifest: Mapping[str, Any]) -> str:
+    """``test`` when the store holds a test split, else ``val`` (and every name says so)."""
+    return "test" if any(r.get("split") == "test" for r in manifest.get("cases", [])) else "val"
+
+
+def split_population(manifest: Mapping[str, Any], split: str) -> dict[str, str]:
+    """Cases and patients of ``split`` (tags every run carries, for the report header)."""
+    rows = [r for r in manifest.get("cases", []) if r.get("split") == split]
+    patients = {r.get("patient") or r["case_id"] for r in rows}
+    return {"eval_cases": str(len(rows)), "eval_patients": str(len(patients))}
+
+
+@dataclass
+class StudySession:
+    options: StudyOptions
+    grid: Grid
+    store: str
+    manifest: dict[str, Any]
+    study_dir: Path
+    tracker: Tracker
+    runner: StudyRunner
+
+
+def open_session(options: StudyOptions, grid: Grid, store: str,
+                 manifest: dict[str, Any]) -> StudySession:
+    """Ray, the study folder and ``study.json``, the tracker and its parent run, the runner."""
+    from core.version import code_version
+    from study.runner import cluster_gpus, decide_gpus, init_ray, print_dashboard
+    from study.tracking import default_tracking_uri
+
+    print_dashboard(init_ray(options.address))
+    decide_gpus(options.resources.gpus_per_trial, cluster_gpus())  # refuse before logging
+    study_dir = (options.study_dir or Path("studies") / grid.name).resolve()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    uri = options.tracking_uri or default_tracking_uri(study_dir)
+    experiment = options.experiment or f"study-{grid.name}"
+    tracker = Tracker(uri, experiment,
+                      artifact_root=study_dir / "mlartifacts" if uri.startswith("sqlite") else None)
+    write_text(study_dir / "study.json", json.dumps(
+        {"tracking_uri": uri, "experiment": experiment, "grid": grid.name, "budget": grid.budget,
+         "data": store, "store_id": manifest["store_id"]}, indent=2))
+    stale = tracker.close_running("KILLED", "an earlier invocation stopped without ending it")
+    if stale:
+        print(f"closed {stale} run(s) left RUNNING by an earlier invocation (now KILLED)", flush=True)
+    split = eval_split_of(manifest)
+    context = {"budget": grid.budget, "store_id": manifest["store_id"],
+               "code_version": code_version()}
+    tracker.start_parent(f"{grid.name} {time.strftime('%Y-%m-%d %H:%M')}", {**context, "grid": grid.name},
+                         {"grid": grid.name, "budget": grid.budget, "data": store,
+                          "hardware": hardware(), "n_trials": len(grid.trials)})
+    runner = StudyRunner(grid, tracker, study_dir, store, split, options.resources,
+                         {**context, "eval_split": split, **split_population(manifest, split)})
+    return StudySession(options, grid, store, manifest, study_dir, tracker, runner)
+
+
+@contextmanager
+def parent_run(session: StudySession) -> Iterator[dict[str, Any]]:
+    """Ends the invocation's parent run whatever happens; the body fills ``status`` and the
+    summary. If the body raises, the parent and every run still RUNNING end FAILED."""
+    outcome: dict[str, Any] = {"status": "FAILED", "summary": {"trials": len(session.grid.trials)}}
+    try:
+        yield outcome
+    finally:
+        if outcome["status"] == "FAILED":  # the driver itself failed: leave no run RUNNING
+            session.tracker.close_running("FAILED", "the study driver failed")
+        session.tracker.end_parent(outcome["status"], outcome["summary"])
