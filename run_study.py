@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["study", *argv]
     parser = build_parser(argv[0])
     args = parser.parse_args(argv)
+    args.argv = argv  # the invocation as typed: the resume hint repeats it
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

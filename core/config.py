@@ -114,6 +114,9 @@ class DataConfig:
     num_workers: int = 0
     cache: bool = True
     """Load the split into memory (small stores) instead of reading zarr per slice."""
+    tumour_fraction: float = 0.0
+    """Share of each epoch's training slices drawn from slices that hold tumour (0 = every
+    slice alike, the paper; BraTS crops are roughly half tumour-free slices)."""
     fold: int = -1
     """-1: the store's train/val split; k: cross-validation fold k of a store prepared with
     ``--folds K`` (fold k validates, the other non-test cases train; test is unchanged)."""
@@ -130,6 +133,7 @@ class DataConfig:
         _check(self.batch_size > 0, "data.batch_size", f"must be > 0, got {self.batch_size}")
         _check(self.slices_per_epoch >= 0, "data.slices_per_epoch", "must be >= 0")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(0 <= self.tumour_fraction <= 1, "data.tumour_fraction", "must be in [0, 1]")
         _check(self.fold >= -1, "data.fold", f"must be -1 (no folds) or a fold index, got {self.fold}")
 
 

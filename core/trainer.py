@@ -242,7 +242,7 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
         loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
             train_set,  # type: ignore[arg-type]
             batch_size=data.batch_size,
-            sampler=epoch_indices(len(train_set), data.slices_per_epoch, cfg.train.seed, state.epoch),
+            sampler=epoch_order(train_set, cfg, state.epoch),
             drop_last=len(train_set) > data.batch_size,
             num_workers=data.num_workers,
             pin_memory=device.type == "cuda",  # lets non_blocking copies overlap compute
@@ -359,6 +359,24 @@ def _stop_reason(cfg: ExperimentConfig, state: TrainState) -> str:
     if t.max_seconds and state.seconds >= t.max_seconds:
         return "max_seconds"
     return ""
+
+
+def epoch_order(train_set: EpochDataset, cfg: ExperimentConfig, epoch: int) -> list[int]:
+    """This epoch's training slices: ``epoch_indices``, with ``data.tumour_fraction`` of them
+    (if > 0) drawn from slices that hold tumour (seeded, without repeats while they last)."""
+    d = cfg.data
+    order = epoch_indices(len(train_set), d.slices_per_epoch, cfg.train.seed, epoch)
+    if d.tumour_fraction <= 0:
+        return order
+    tumour = list(getattr(train_set, "tumour_slices", lambda: [])())
+    if not tumour:
+        return order
+    k = round(len(order) * d.tumour_fraction)
+    g = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch + 7)
+    perm = torch.randperm(len(tumour), generator=g).tolist()
+    picks = [tumour[perm[i % len(tumour)]] for i in range(k)]
+    mixed = picks + order[: len(order) - k]
+    return [mixed[i] for i in torch.randperm(len(mixed), generator=g).tolist()]
 
 
 def epoch_indices(n: int, per_epoch: int, seed: int, epoch: int) -> list[int]:

@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent", type=int, default=0, help="cap on concurrent trials (0 = by resources)")
     p.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial from its checkpoint")
     p.add_argument("--inject-failure", default="", metavar="SUBSTRINGS",
-                   help="fault drill: trials whose name contains one of these (comma-separated) fail")
+                   help="fault drill: trials whose name contains one of these (comma-separated) fail "
+                   "at start; NAME@N: fail once after epoch N, losing the local last.pt (Tune retries "
+                   "from its own copy)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the grid's)")
     p.add_argument("--overlay", action="append", default=[], type=Path,
                    help="extra config YAML overlay(s), e.g. the HPO winner")
@@ -35,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the trials by stage and exit")
     p.add_argument("--list-grids", action="store_true", help="list the grids and exit")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.add_argument("--wait", action="store_true",
+                   help="if another invocation holds the study folder, wait for it instead of failing")
     p.set_defaults(func=_study)
 
     r = sub.add_parser("report", help="write report.md and heatmaps from a study's MLflow runs")
@@ -62,16 +66,17 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    import os
     import subprocess
+    import sys
 
     from study.main import study_tracking
-    from study.tracking import ui_command
 
     uri, _ = study_tracking(args.study.resolve(), None, None)
-    cmd = ui_command(uri).replace("--port 5000", f"--port {args.port}")
-    print(f"$ {cmd}\nopen http://127.0.0.1:{args.port}", flush=True)
-    import os
-
+    # the running interpreter's mlflow: works without an activated virtualenv
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"$ {' '.join(cmd)}\nopen http://127.0.0.1:{args.port}", flush=True)
     # no background job runner: it costs ~1 GB and is not needed to browse runs
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return subprocess.call(cmd.split(), env=env)
+    return subprocess.call(cmd, env=env)

@@ -123,9 +123,8 @@ def _run(session: StudySession) -> int:
                                  skipped=len(outcome.skipped))
     _print_summary(grid, outcome, time.monotonic() - started)
     if outcome.interrupted:
-        o = session.options
-        print(f"\nInterrupted. Re-run the same command to resume:\n  python run_study.py --grid {o.grid} "
-              f"--study-dir {study_dir}" + (f" --data {o.data}" if o.data else ""), flush=True)
+        print(f"\nInterrupted. Re-run the same command to resume:\n  "
+              f"{session.options.resume_command()}", flush=True)
         return 130
     if session.options.report:
         _write_report(tracker.tracking_uri, tracker.experiment, study_dir, grid)

@@ -41,6 +41,10 @@ class StudyOptions:
     resources: Resources = field(default_factory=Resources)
     num_samples: int | None = None
     report: bool = True
+    wait: bool = False
+    """Wait for another invocation holding the study folder instead of failing."""
+    argv: tuple[str, ...] = ()
+    """The command line as typed (the printed resume command repeats it)."""
 
     @classmethod
     def from_args(cls, args: Any) -> StudyOptions:
@@ -56,7 +60,15 @@ class StudyOptions:
             overrides=parse_sets(args.set),
             resources=Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
                                 args.max_failures, args.inject_failure),
-            num_samples=args.num_samples, report=not args.no_report)
+            num_samples=args.num_samples, report=not args.no_report, wait=args.wait,
+            argv=tuple(getattr(args, "argv", ()) or ()))
+
+    def resume_command(self) -> str:
+        """The command that continues this study: the same flags (cell identity hashes them)."""
+        import shlex
+
+        args = [a for a in self.argv if a != "study"] or ["--grid", self.grid]
+        return "python run_study.py " + shlex.join(args)
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -97,6 +109,8 @@ class StudySession:
     study_dir: Path
     tracker: Tracker
     runner: StudyRunner
+    lock: Any = None
+    """The open lock file: held until the process exits (the OS releases it if it dies)."""
 
 
 def open_session(options: StudyOptions, grid: Grid, store: str,
@@ -107,9 +121,10 @@ def open_session(options: StudyOptions, grid: Grid, store: str,
     from study.tracking import default_tracking_uri
 
     print_dashboard(init_ray(options.address))
-    decide_gpus(options.resources.gpus_per_trial, cluster_gpus())  # refuse before logging
+    decide_gpus(options.resources.gpus_per_trial, cluster_gpus())  # refuse before any file
     study_dir = (options.study_dir or Path("studies") / grid.name).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_study(study_dir, options.wait)
     uri = options.tracking_uri or default_tracking_uri(study_dir)
     experiment = options.experiment or f"study-{grid.name}"
     tracker = Tracker(uri, experiment,
@@ -128,7 +143,36 @@ def open_session(options: StudyOptions, grid: Grid, store: str,
                           "hardware": hardware(), "n_trials": len(grid.trials)})
     runner = StudyRunner(grid, tracker, study_dir, store, split, options.resources,
                          {**context, "eval_split": split, **split_population(manifest, split)})
-    return StudySession(options, grid, store, manifest, study_dir, tracker, runner)
+    return StudySession(options, grid, store, manifest, study_dir, tracker, runner, lock)
+
+
+LOCK_NAME = ".study.lock"
+
+
+def lock_study(study_dir: Path, wait: bool) -> Any:
+    """Hold an exclusive lock on the study folder for this process's lifetime.
+
+    ``flock`` is released by the OS when the holder exits or dies, so a killed driver
+    never leaves a stale lock. A second invocation fails naming the holder (or waits).
+    """
+    import fcntl
+    import socket
+
+    handle = open(study_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"study folder {study_dir} is in use by {holder}; wait for it to end "
+                        f"(or pass --wait), or use another --study-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+    return handle
 
 
 @contextmanager

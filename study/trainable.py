@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from core import metrics
+from core.atomic import write_text
 from core.checkpoint import load_checkpoint, weights_digest
 from core.config import from_dict, merge, unflatten
 from core.device import resolve_device
@@ -26,11 +28,32 @@ from core.trainer import fit
 FINAL_KEY = "trial/final"
 
 
-def _inject_fault(name: str, patterns: str) -> None:
-    """Fault drill: fail at start when the trial name contains one of ``patterns``."""
+def _inject_fault(name: str, patterns: str) -> int:
+    """Fault drill (``--inject-failure``): a trial whose name contains a pattern fails at
+    start; with ``PATTERN@N`` it fails once, after epoch N, losing its local ``last.pt``
+    (a node that died with its disk): returns N, or 0."""
     for token in filter(None, patterns.split(",")):
-        if token in name:
-            raise RuntimeError(f"deliberate failure (--inject-failure {token!r})")
+        pattern, _, epoch = token.partition("@")
+        if pattern in name:
+            if not epoch:
+                raise RuntimeError(f"deliberate failure (--inject-failure {token!r})")
+            return int(epoch)
+    return 0
+
+
+def _fail_once_after(epoch: int, out_dir: Path, report: Callable[[dict[str, Any]], None]
+                     ) -> Callable[[dict[str, Any]], None]:
+    """``report``, then (first attempt only) drop ``last.pt`` and fail after ``epoch``."""
+    marker = out_dir / f".injected-failure-{epoch}"
+
+    def report_then_fail(result: dict[str, Any]) -> None:
+        report(result)
+        if epoch and result["epoch"] == epoch and not marker.exists():
+            marker.touch()
+            (out_dir / "last.pt").unlink(missing_ok=True)
+            raise RuntimeError(f"deliberate failure after epoch {epoch} (--inject-failure)")
+
+    return report_then_fail
 
 
 def sampled_id(sampled: dict[str, Any]) -> str:
@@ -98,7 +121,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     cell = config["trial"]
-    _inject_fault(cell["name"], cell.get("inject_failure", ""))
+    fail_after = _inject_fault(cell["name"], cell.get("inject_failure", ""))
     torch.set_num_threads(max(1, int(cell["threads"])))
     spec_config = dict(cell["config"])
     if config.get("sampled"):  # HPO: the searcher's values overlay the cell's config
@@ -111,12 +134,16 @@ def run_trial(config: dict[str, Any]) -> None:
     out_dir = Path(cell["trial_dir"])
     if config.get("sampled"):
         out_dir = out_dir / sampled_id(config["sampled"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / "cell.json", json.dumps(  # the hash-named folder says what it holds
+        {"name": cell["name"], "trial_id": cell["trial_id"], "kind": cell["kind"],
+         "sampled": config.get("sampled"), "config": spec_config}, indent=1, default=str))
     final: dict[str, Any] = {}
     if cell["kind"] == "evaluate":
         state = load_checkpoint(cell["source_checkpoint"])
     else:
         _restore_from_tune(out_dir)
-        result = fit(cfg, out_dir, callback=_report_epoch)
+        result = fit(cfg, out_dir, callback=_fail_once_after(fail_after, out_dir, _report_epoch))
         state = load_checkpoint(result.best_path)
         # val/best_dice and epoch again: schedulers check every result for their metric
         final.update({"val/best_dice": result.best_score, "epoch": result.epochs,

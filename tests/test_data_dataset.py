@@ -108,3 +108,24 @@ def test_fold_selects_validation_cases(tmp_path: Path, synthetic_nifti: Path) ->
         assert not val_ids & set(data.train.case_ids) and not val_ids & set(store.case_ids("test"))
         seen_val |= val_ids
     assert seen_val | set(store.case_ids("test")) == set(store.case_ids())
+
+
+def test_tumour_fraction_draws_that_share_from_tumour_slices(synthetic_store: Path) -> None:
+    from core.config import load_config
+    from core.trainer import epoch_order
+
+    ds = SliceDataset(synthetic_store, "train", ["flair"], 64, True)
+    tumour = set(ds.tumour_slices())
+    assert tumour == {i for i in range(len(ds)) if ds._slice(i)[1].any()}
+    assert 0 < len(tumour) < len(ds)
+    for fraction in (0.0, 0.5, 1.0):
+        cfg = load_config("demo", overrides={"data.tumour_fraction": fraction})
+        order = epoch_order(ds, cfg, epoch=3)
+        assert len(order) == cfg.data.slices_per_epoch
+        share = sum(i in tumour for i in order) / len(order)
+        if fraction == 1.0:
+            assert share == 1.0
+        else:  # the uniform part brings tumour slices at their natural rate too
+            natural = len(tumour) / len(ds)
+            assert share >= fraction + (1 - fraction) * natural - 0.12
+        assert order == epoch_order(ds, cfg, epoch=3)  # seeded

@@ -90,6 +90,7 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self._pid = os.getpid()
         self._images: list[np.ndarray] | None = None
         self._masks: list[np.ndarray] | None = None
+        self._tumour: list[int] | None = None
         if cache:
             self._load_cache(opened)
 
@@ -114,6 +115,19 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if self._store is None or self._pid != os.getpid():
             self._store, self._pid = BratsStore(self.location), os.getpid()
         return self._store
+
+    def tumour_slices(self) -> list[int]:
+        """Indices of the slices whose full stored mask holds tumour (read once, cached)."""
+        if self._tumour is None:
+            if self._masks is not None:
+                flags = np.concatenate([m.reshape(len(m), -1).any(axis=1) for m in self._masks])
+            else:
+                store = self._get_store()
+                flags = np.concatenate([
+                    store.read_mask(c, self.region).reshape(store.num_slices(c), -1).any(axis=1)
+                    for c in self.case_ids]) if self.case_ids else np.zeros(0, bool)
+            self._tumour = np.flatnonzero(flags).tolist()
+        return self._tumour
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random crops of ``epoch``. Call before creating the epoch's DataLoader
