@@ -96,11 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", default=None, help="budget (default: the grid's, auto = cpu)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder)")
+    ap.add_argument("--split-seed", type=int, default=0, help="seed of prepare's split (default 0)")
     args = ap.parse_args(argv)
     work = (args.out or Path(tempfile.mkdtemp(prefix="real_data_"))).resolve()
     cases_root = link_cases(ROOTS, work / "cases")
     store_path = work / "real.zarr"
-    prepare(cases_root, store_path, log=lambda _m: None)
+    prepare(cases_root, store_path, seed=args.split_seed, log=lambda _m: None)
     store = BratsStore(store_path)
     sizes = {s: len(store.case_ids(s)) for s in ("train", "val", "test")}
     print(f"store {store_path}: {sizes}; cpu bf16: "

@@ -25,14 +25,6 @@ def window_slices(height: int, width: int, window: int = EVAL_WINDOW) -> tuple[s
     return axis(height), axis(width)
 
 
-def describe(height: int, width: int) -> str:
-    """Human description of the window for a store's slice size, for reports and logs."""
-    rows, cols = window_slices(height, width)
-    h, w = rows.stop - rows.start, cols.stop - cols.start
-    whole = " (the whole slice)" if (h, w) == (height, width) else ""
-    return f"centre {h}x{w} of the stored {height}x{width} slices{whole}"
-
-
 EVAL_SPLITS = ("val", "test")
 """Splits a study may score. Selection and early stopping read ``val`` only."""
 

@@ -1,6 +1,6 @@
 """End-to-end `smoke` study on the real stack: Ray Tune, MLflow (SQLite), zarr.
 
-One study folder goes through three invocations:
+One study folder goes through three invocations (one test, in order):
 1. with a deliberately failing source: the failure is recorded, its dependants skipped;
 2. a fresh process interrupted with SIGINT: stops cleanly, leaves no RUNNING run;
 3. the same command again: resumes, and every grid cell ends with exactly one
@@ -45,16 +45,11 @@ def _grid(store: Path):
     return expand("smoke", ExpandContext("smoke", str(store), sid, (0,)))
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory, synthetic_store, ray_session):
-    return tmp_path_factory.mktemp("study"), synthetic_store
-
-
 def _args(study_dir: Path, store: Path, *extra: str) -> list[str]:
     return ["--grid", "smoke", "--study-dir", str(study_dir), "--data", str(store), *extra]
 
 
-def test_1_failing_source_skips_its_dependants(study):
+def _failing_source_skips_its_dependants(study):
     study_dir, store = study
     rc = run_study.main(_args(study_dir, store, "--inject-failure", FAILING_SOURCE,
                               "--max-failures", "0", "--no-report"))
@@ -72,7 +67,7 @@ def test_1_failing_source_skips_its_dependants(study):
     assert others and all(r.info.status == "FINISHED" for r in others)
 
 
-def test_2_interrupt_stops_cleanly(study):
+def _interrupt_stops_cleanly(study):
     study_dir, store = study
     cmd = [sys.executable, str(REPO / "run_study.py"), *_args(study_dir, store, "--no-report")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -95,10 +90,12 @@ def test_2_interrupt_stops_cleanly(study):
     text = "".join(lines) + out
     assert proc.returncode == 130, text
     assert "Re-run the same command to resume" in text
+    hint = text.split("Re-run the same command to resume:")[1].strip().splitlines()[0]
+    assert hint == "python run_study.py " + " ".join(_args(study_dir, store, "--no-report"))
     assert all(r.info.status != "RUNNING" for r in _runs(study_dir))
 
 
-def test_3_rerun_resumes_without_duplicates(study):
+def _rerun_resumes_without_duplicates(study):
     study_dir, store = study
     assert run_study.main(_args(study_dir, store)) == 0
     runs = _runs(study_dir)
@@ -131,3 +128,12 @@ def test_3_rerun_resumes_without_duplicates(study):
     cells = {(c["trained_on"], c["evaluated_on"]): c for c in wt["cross_modality"]["cells"]}
     assert cells[("flair", "t1")]["dice"]["mean"] == evaluated["flair"].data.metrics["eval/test/t1/dice"]
     assert (report / "fig2_cross_modality.png").stat().st_size > 1000
+
+
+def test_fail_interrupt_resume(tmp_path, synthetic_store, ray_session):
+    """The three invocations on one study folder, in order, within one test (so the suite's
+    tests stay independent of their order)."""
+    study = (tmp_path / "study", synthetic_store)
+    _failing_source_skips_its_dependants(study)
+    _interrupt_stops_cleanly(study)
+    _rerun_resumes_without_duplicates(study)
