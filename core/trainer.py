@@ -213,8 +213,12 @@ def autocast_and_scalers(cfg: ExperimentConfig, device: torch.device) -> tuple[C
 
 def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = None,
         resume: bool = True,
-        data_source: TrainData | None = None) -> FitResult:
+        data_source: TrainData | None = None,
+        provenance: dict[str, str] | None = None) -> FitResult:
     """Train per ``cfg``; resume from ``out_dir/last.pt`` when present and ``resume``.
+
+    ``provenance`` (e.g. the study's budget and cell name) is recorded in every checkpoint
+    beside the store facts and the resolved config.
 
     Data comes from the zarr store named by ``cfg.data.store`` unless a
     ``data_source`` is given (tests use small in-memory sets).
@@ -227,7 +231,7 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
     state = build_state(cfg, device)
     if resume and last_path.exists():
         restore_state(state, load_checkpoint(last_path))
-    extra = store_facts(cfg.data.store)
+    extra = {**store_facts(cfg.data.store), "provenance": dict(provenance or {})}
     data = cfg.data
     source = data_source or store_data(cfg)
     train_set = source.train

@@ -105,12 +105,18 @@ def run_study_command(args: argparse.Namespace) -> int:
         return 0
     preflight(grid, store)
     if grid.search:
-        from study.hpo import check_space, run_hpo
+        from study.hpo import check_space
 
         check_space(grid)  # before Ray and MLflow start
-        session = open_session(options, grid, store, manifest)
-        return run_hpo(session)
-    return _run(open_session(options, grid, store, manifest))
+    session = open_session(options, grid, store, manifest)
+    try:
+        if grid.search:
+            from study.hpo import run_hpo
+
+            return run_hpo(session)
+        return _run(session)
+    finally:
+        session.close()
 
 
 def _run(session: StudySession) -> int:

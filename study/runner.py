@@ -101,6 +101,7 @@ class StudyRunner:
             "threads": max(1, int(self.resources.cpus_per_trial)),
             "device": "cuda" if self.trial_gpus() > 0 else "cpu",
             "inject_failure": self.resources.inject_failure,
+            "budget": self.grid.budget,
         }
 
     def run_stage(self, number: int, stage: list[TrialSpec]) -> StageOutcome:

@@ -110,7 +110,13 @@ class StudySession:
     tracker: Tracker
     runner: StudyRunner
     lock: Any = None
-    """The open lock file: held until the process exits (the OS releases it if it dies)."""
+    """The open lock file: held until ``close`` (the OS releases it if the process dies)."""
+
+    def close(self) -> None:
+        """Release the study folder for the next invocation."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
 
 def open_session(options: StudyOptions, grid: Grid, store: str,

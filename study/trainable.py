@@ -137,13 +137,16 @@ def run_trial(config: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "cell.json", json.dumps(  # the hash-named folder says what it holds
         {"name": cell["name"], "trial_id": cell["trial_id"], "kind": cell["kind"],
+         "budget": cell.get("budget"),
          "sampled": config.get("sampled"), "config": spec_config}, indent=1, default=str))
     final: dict[str, Any] = {}
     if cell["kind"] == "evaluate":
         state = load_checkpoint(cell["source_checkpoint"])
     else:
         _restore_from_tune(out_dir)
-        result = fit(cfg, out_dir, callback=_fail_once_after(fail_after, out_dir, _report_epoch))
+        result = fit(cfg, out_dir, callback=_fail_once_after(fail_after, out_dir, _report_epoch),
+                     provenance={"budget": cell.get("budget", ""), "cell": cell["name"],
+                                 "trial_id": cell["trial_id"]})
         state = load_checkpoint(result.best_path)
         # val/best_dice and epoch again: schedulers check every result for their metric
         final.update({"val/best_dice": result.best_score, "epoch": result.epochs,

@@ -48,5 +48,8 @@ def test_retry_resumes_from_tunes_checkpoint(tmp_path: Path, synthetic_store: Pa
     assert sorted(epochs) == [1, 2, 3, 4]  # resumed at 3: nothing retrained, nothing doubled
     from core.checkpoint import load_checkpoint
 
-    history = load_checkpoint(trial_dir / "last.pt")["history"]
-    assert [int(h["epoch"]) for h in history] == [1, 2, 3, 4]
+    last = load_checkpoint(trial_dir / "last.pt")
+    assert [int(h["epoch"]) for h in last["history"]] == [1, 2, 3, 4]
+    # the checkpoint says what produced it
+    assert last["provenance"]["budget"] == "smoke" and last["provenance"]["cell"] == run.info.run_name
+    assert last["store_id"] and last["code_version"] and last["config"]["train"]["max_epochs"] == 4
