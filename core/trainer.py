@@ -331,9 +331,9 @@ def recalibrate_batchnorm(state: TrainState, cfg: ExperimentConfig, train_set: E
     evaluated right after an epoch carries one batch's statistics (on real BraTS this swung
     unseen-case dice by ±0.15 between consecutive epochs). This takes the plain average
     over ``train.bn_recalibration`` training slices (a seeded subset of this epoch's crops)
-    in train mode, in fp32 as validation runs, without gradients; frozen BatchNorm layers
-    (eval mode) are left alone,
-    and training itself is unchanged (train mode normalises with batch statistics).
+    in train mode, in fp32 as validation runs, without gradients. Frozen BatchNorm layers
+    (eval mode) are left alone, and training itself is unchanged (train mode normalises
+    with batch statistics).
     """
     seg = state.segmentor
     set_train_mode(seg, state.critic, state.strategy)

@@ -48,6 +48,11 @@ class StudyOptions:
 
     @classmethod
     def from_args(cls, args: Any) -> StudyOptions:
+        for token in filter(None, args.inject_failure.split(",")):
+            epoch = token.partition("@")[2]
+            if epoch and not epoch.isdigit():
+                raise UserError(f"--inject-failure {token!r}: the part after @ must be an epoch "
+                                f"number, e.g. {token.partition('@')[0]}@2")
         try:
             seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
         except ValueError:

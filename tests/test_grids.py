@@ -163,3 +163,8 @@ def test_hpo_space_is_checked_before_anything_starts(tmp_path, space, message, c
     assert run_study.main(["--grid", str(grid_file), "--study-dir", str(study_dir),
                            "--data", str(synthetic_store)]) == 2
     assert message in capsys.readouterr().err and not study_dir.exists()
+
+
+def test_a_bad_fault_drill_epoch_is_one_line(capsys):
+    assert run_study.main(["--grid", "smoke", "--inject-failure", "flair@two", "--dry-run"]) == 2
+    assert "--inject-failure 'flair@two': the part after @ must be an epoch number" in capsys.readouterr().err
