@@ -24,6 +24,7 @@ from core.errors import ConfigError
 from core.vocabulary import MODALITIES, REGIONS
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+ON_DEVICE_MODES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "cosine")
 RETIRED_KEYS = {
     "data.eval_crop": "the evaluation window belongs to the protocol (core/protocol.py), "
@@ -114,6 +115,9 @@ class DataConfig:
     num_workers: int = 0
     cache: bool = True
     """Load the split into memory (small stores) instead of reading zarr per slice."""
+    on_device: str = "auto"
+    """Hold the cached training split on the training device as float16 and cut batches
+    there (``core.data.device_batches``): 'auto' (on CUDA), 'on' or 'off'."""
     tumour_fraction: float = 0.0
     """Share of each epoch's training slices drawn from slices that hold tumour (0 = every
     slice alike, the paper; BraTS crops are roughly half tumour-free slices)."""
@@ -134,6 +138,8 @@ class DataConfig:
         _check(self.slices_per_epoch >= 0, "data.slices_per_epoch", "must be >= 0")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(0 <= self.tumour_fraction <= 1, "data.tumour_fraction", "must be in [0, 1]")
+        _check(self.on_device in ON_DEVICE_MODES, "data.on_device",
+               f"must be one of {', '.join(ON_DEVICE_MODES)}, got {self.on_device!r}")
         _check(self.fold >= -1, "data.fold", f"must be -1 (no folds) or a fold index, got {self.fold}")
 
 
@@ -159,6 +165,10 @@ class TrainConfig:
     bn_recalibration: int = 0
     """Training slices over which the segmentor's BatchNorm statistics are re-averaged
     before each validation (0 = off, the paper: running statistics as trained)."""
+    ema_decay: float = 0.0
+    """Validation, ``best.pt`` and ``predict`` use an exponential moving average of the
+    segmentor's weights with this decay per step (0 = off, the paper: the weights as
+    trained); ``core.averaging``."""
 
     def __post_init__(self) -> None:
         _check(self.max_epochs > 0, "train.max_epochs", f"must be > 0, got {self.max_epochs}")
@@ -172,6 +182,7 @@ class TrainConfig:
         _check(0 < self.threshold < 1, "train.threshold", "must be in (0, 1)")
         _check(self.val_every > 0, "train.val_every", "must be > 0")
         _check(self.bn_recalibration >= 0, "train.bn_recalibration", "must be >= 0")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass(frozen=True)

@@ -61,3 +61,22 @@ def autocast_dtype(mode: str, device: torch.device, *, flags: frozenset[str] | N
         return torch.bfloat16
     has_bf16 = bool(set(CPU_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
     return torch.bfloat16 if has_bf16 else None
+
+
+def configure_backends(device: torch.device) -> bool:
+    """Turn on cuDNN autotuning for a CUDA device (the step's shapes are fixed: crop and
+    batch never change within a trial, so tuned kernels are reused). Returns whether set."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cudnn.benchmark = True
+    return True
+
+
+def memory_report(device: torch.device) -> dict[str, float]:
+    """``{"sys/gpu_peak_mib": …}``: peak memory held by tensors on a CUDA device since the
+    last call (then reset, so each epoch reports its own peak); empty on other devices."""
+    if device.type != "cuda":
+        return {}
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    return {"sys/gpu_peak_mib": peak}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from core.averaging import WeightAverage, recalibrate_batchnorm
 from core.checkpoint import (
     load_checkpoint,
     load_matching,
@@ -27,13 +28,21 @@ from core.checkpoint import (
     weights_digest,
 )
 from core.config import ExperimentConfig
-from core.device import autocast_dtype, resolve_device
+from core.device import autocast_dtype, configure_backends, memory_report, resolve_device
 from core.errors import ConfigError
 from core.evaluation import volumes
 from core.freezing import Strategy, apply_strategy, get_strategy, set_train_mode
 from core.losses import dice_loss, multiscale_l1
 from core.model import Critic, Segmentor, build_networks
-from core.training_data import EpochDataset, TrainData, store_data, store_facts
+from core.training_data import (
+    EpochDataset,
+    TrainData,
+    device_batches_for,
+    epoch_indices,
+    epoch_order,
+    store_data,
+    store_facts,
+)
 from core.version import code_version
 
 
@@ -67,6 +76,13 @@ class TrainState:
     init_digest: str = ""
     seconds: float = 0.0
     """Training wall time over every invocation (resume continues the time budget)."""
+    average: WeightAverage | None = None
+    """Moving average of the segmentor's weights (``train.ema_decay`` > 0), else None."""
+
+    @property
+    def evaluated(self) -> Segmentor:
+        """The segmentor validation, ``best.pt`` and ``predict`` use."""
+        return self.average.model if self.average is not None else self.segmentor  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -106,7 +122,9 @@ def build_state(cfg: ExperimentConfig, device: torch.device) -> TrainState:
     opt_d = _rmsprop([p for p in crit.parameters() if p.requires_grad], cfg.optim.lr_d, cfg)
     if source is not None and cfg.transfer.carry_optimizer:
         _carry_segmentor_optimizer(opt_s, source, strategy, cfg.transfer.source)
-    return TrainState(seg, crit, opt_s, opt_d, strategy, init_digest=weights_digest(seg, crit))
+    average = WeightAverage(seg, cfg.train.ema_decay) if cfg.train.ema_decay else None
+    return TrainState(seg, crit, opt_s, opt_d, strategy, init_digest=weights_digest(seg, crit),
+                      average=average)
 
 
 def _carry_segmentor_optimizer(opt_s: torch.optim.Optimizer, source: dict[str, Any],
@@ -153,12 +171,21 @@ def train_step(state: TrainState, cfg: ExperimentConfig, image: torch.Tensor, ma
         opt.zero_grad(set_to_none=True)
     if d_params:
         state.critic.clip_kernels(cfg.optim.critic_clip)
+    if state.average is not None:
+        state.average.update(state.segmentor)
     state.step += 1
     return {"train/loss_s": loss_s.item(), "train/loss_d": loss_d.item(),
             "train/l1": l1.item(), "train/dice_loss": dice.item()}
 
 
-def _checkpoint_state(state: TrainState, cfg: ExperimentConfig, extra: dict[str, Any]) -> dict[str, Any]:
+def _checkpoint_state(state: TrainState, cfg: ExperimentConfig, extra: dict[str, Any],
+                      for_use: bool = False) -> dict[str, Any]:
+    """A checkpoint of ``state``. ``for_use`` (best.pt): ``segmentor`` holds the evaluated
+    weights (the average when there is one); otherwise (last.pt) the raw weights that
+    training continues from, with the average beside them as ``segmentor_average``."""
+    average = {} if for_use or state.average is None else {
+        "segmentor_average": state.average.state_dict()}
+    segmentor = state.evaluated if for_use else state.segmentor
     return {
         "code_version": code_version(),
         "config": cfg.to_dict(),
@@ -171,7 +198,8 @@ def _checkpoint_state(state: TrainState, cfg: ExperimentConfig, extra: dict[str,
         "history": state.history,
         "init_digest": state.init_digest,
         "seconds": state.seconds,
-        "segmentor": state.segmentor.state_dict(),
+        "segmentor": segmentor.state_dict(),
+        **average,
         "critic": state.critic.state_dict(),
         "opt_s": state.opt_s.state_dict(),
         "opt_d": state.opt_d.state_dict(),
@@ -184,6 +212,8 @@ def restore_state(state: TrainState, ckpt: dict[str, Any]) -> None:
     """Continue exactly where ``ckpt`` (a ``last.pt``) stopped."""
     load_matching(state.segmentor, ckpt["segmentor"], "segmentor (resume)")
     load_matching(state.critic, ckpt["critic"], "critic (resume)")
+    if state.average is not None:
+        state.average.load_state_dict(ckpt.get("segmentor_average", state.segmentor.state_dict()))
     state.opt_s.load_state_dict(ckpt["opt_s"])
     state.opt_d.load_state_dict(ckpt["opt_d"])
     state.epoch, state.step = int(ckpt["epoch"]), int(ckpt["step"])
@@ -227,6 +257,7 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
     device = resolve_device(cfg.train.device, "train.device")
+    configure_backends(device)
     seed_everything(cfg.train.seed)
     state = build_state(cfg, device)
     if resume and last_path.exists():
@@ -235,6 +266,7 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
     data = cfg.data
     source = data_source or store_data(cfg)
     train_set = source.train
+    feed = device_batches_for(train_set, cfg, device)  # None: a DataLoader on the host
     autocast, scalers = autocast_and_scalers(cfg, device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     stopped = "max_epochs"
@@ -243,17 +275,18 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
         lr_factor = set_learning_rates(state, cfg)
         set_train_mode(state.segmentor, state.critic, state.strategy)
         train_set.set_epoch(state.epoch)
-        loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] = DataLoader(
-            train_set,  # type: ignore[arg-type]
-            batch_size=data.batch_size,
-            sampler=epoch_order(train_set, cfg, state.epoch),
-            drop_last=len(train_set) > data.batch_size,
-            num_workers=data.num_workers,
-            pin_memory=device.type == "cuda",  # lets non_blocking copies overlap compute
-        )
+        order = epoch_order(train_set, cfg, state.epoch)
+        drop_last = len(train_set) > data.batch_size
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
+            feed.batches(order, data.batch_size, drop_last) if feed is not None else DataLoader(
+                train_set,  # type: ignore[arg-type]
+                batch_size=data.batch_size, sampler=order, drop_last=drop_last,
+                num_workers=data.num_workers,
+                pin_memory=device.type == "cuda",  # lets non_blocking copies overlap compute
+            ))
         sums: dict[str, float] = {}
         n = 0
-        for image, mask in loader:
+        for image, mask in batches:
             image = image.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             mask = mask.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             for k, v in train_step(state, cfg, image, mask, scalers, autocast).items():
@@ -263,19 +296,20 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
         report: dict[str, Any] = {k: v / max(n, 1) for k, v in sums.items()}
         train_s = time.monotonic() - epoch_start
         report.update(epoch=state.epoch, step=state.step, **{"time/epoch_s": train_s,
-                                                             "train/lr_factor": lr_factor})
+                                                             "train/lr_factor": lr_factor},
+                      **memory_report(device))
         if state.epoch % cfg.train.val_every == 0 or state.epoch == cfg.train.max_epochs:
             val_start = time.monotonic()
-            if cfg.train.bn_recalibration:
-                recalibrate_batchnorm(state, cfg, train_set, device)
+            prepare_evaluated(state, cfg, train_set, device, feed)
             val = volumes.mean_metrics(volumes.evaluate_volumes(
-                state.segmentor, source.val(), cfg.train.threshold, device,
+                state.evaluated, source.val(), cfg.train.threshold, device,
                 channels_last=cfg.train.channels_last))
             report.update({f"val/{k}": v for k, v in val.items()})
             report["time/val_s"] = time.monotonic() - val_start
             if math.isfinite(val["dice"]) and val["dice"] > state.best_score:
                 state.best_score, state.best_epoch = val["dice"], state.epoch
-                save_checkpoint(best_path, _checkpoint_state(state, cfg, {**extra, "metrics": report}))
+                save_checkpoint(best_path, _checkpoint_state(state, cfg, {**extra, "metrics": report},
+                                                             for_use=True))
         state.seconds += time.monotonic() - epoch_start  # the time cap counts validation too
         report["val/best_dice"] = state.best_score
         state.history.append({k: float(v) for k, v in report.items()})
@@ -290,7 +324,9 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
             stopped = stop
             break
     if not best_path.exists():  # no finite validation dice ever: keep the last weights as best
-        save_checkpoint(best_path, _checkpoint_state(state, cfg, {**extra, "metrics": {}}))
+        prepare_evaluated(state, cfg, train_set, device, feed)
+        save_checkpoint(best_path, _checkpoint_state(state, cfg, {**extra, "metrics": {}},
+                                                     for_use=True))
     return FitResult(best_path, last_path, state.best_score, state.best_epoch, state.epoch,
                      state.step, stopped, state.init_digest, state.history)
 
@@ -322,36 +358,27 @@ def set_learning_rates(state: TrainState, cfg: ExperimentConfig) -> float:
     return factor
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(state: TrainState, cfg: ExperimentConfig, train_set: EpochDataset,
-                          device: torch.device) -> None:
-    """Re-estimate the segmentor's BatchNorm running statistics before validation.
+def prepare_evaluated(state: TrainState, cfg: ExperimentConfig, train_set: EpochDataset,
+                      device: torch.device, feed: Any = None) -> None:
+    """Give the evaluated segmentor the BatchNorm statistics it is validated and saved with:
+    re-averaged over ``train.bn_recalibration`` training slices (a seeded subset of this
+    epoch's crops), else the raw network's running statistics."""
+    evaluated = state.evaluated
+    if cfg.train.bn_recalibration:
+        order = epoch_indices(len(train_set), cfg.train.bn_recalibration, cfg.train.seed + 1,
+                              state.epoch)
+        memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        batch = cfg.data.batch_size
+        def images(chunk: list[int]) -> torch.Tensor:
+            if feed is not None:  # the split lives on the device (``data.on_device``)
+                return feed.batch(chunk)[0]
+            return torch.stack([train_set[i][0] for i in chunk]).to(device)
 
-    Running statistics with the paper's momentum follow the last few batches, so a model
-    evaluated right after an epoch carries one batch's statistics (on real BraTS this swung
-    unseen-case dice by ±0.15 between consecutive epochs). This takes the plain average
-    over ``train.bn_recalibration`` training slices (a seeded subset of this epoch's crops)
-    in train mode, in fp32 as validation runs, without gradients. Frozen BatchNorm layers
-    (eval mode) are left alone, and training itself is unchanged (train mode normalises
-    with batch statistics).
-    """
-    seg = state.segmentor
-    set_train_mode(seg, state.critic, state.strategy)
-    layers = [m for m in seg.modules()
-              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
-    momenta = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average = the plain mean over batches
-    order = epoch_indices(len(train_set), cfg.train.bn_recalibration, cfg.train.seed + 1,
-                          state.epoch)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    batch = cfg.data.batch_size
-    for start in range(0, len(order), batch):
-        images = torch.stack([train_set[i][0] for i in order[start:start + batch]])
-        seg(images.to(device).contiguous(memory_format=memory_format))
-    for m, momentum in zip(layers, momenta, strict=True):
-        m.momentum = momentum
+        batches = (images(order[start:start + batch]).contiguous(memory_format=memory_format)
+                   for start in range(0, len(order), batch))
+        recalibrate_batchnorm(evaluated, state.critic, state.strategy, batches)
+    elif state.average is not None:
+        state.average.sync_buffers(state.segmentor)
 
 
 def _stop_reason(cfg: ExperimentConfig, state: TrainState) -> str:
@@ -363,28 +390,3 @@ def _stop_reason(cfg: ExperimentConfig, state: TrainState) -> str:
     if t.max_seconds and state.seconds >= t.max_seconds:
         return "max_seconds"
     return ""
-
-
-def epoch_order(train_set: EpochDataset, cfg: ExperimentConfig, epoch: int) -> list[int]:
-    """This epoch's training slices: ``epoch_indices``, with ``data.tumour_fraction`` of them
-    (if > 0) drawn from slices that hold tumour (seeded, without repeats while they last)."""
-    d = cfg.data
-    order = epoch_indices(len(train_set), d.slices_per_epoch, cfg.train.seed, epoch)
-    if d.tumour_fraction <= 0:
-        return order
-    tumour = list(getattr(train_set, "tumour_slices", lambda: [])())
-    if not tumour:
-        return order
-    k = round(len(order) * d.tumour_fraction)
-    g = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch + 7)
-    perm = torch.randperm(len(tumour), generator=g).tolist()
-    picks = [tumour[perm[i % len(tumour)]] for i in range(k)]
-    mixed = picks + order[: len(order) - k]
-    return [mixed[i] for i in torch.randperm(len(mixed), generator=g).tolist()]
-
-
-def epoch_indices(n: int, per_epoch: int, seed: int, epoch: int) -> list[int]:
-    """This epoch's slice order: a permutation of all ``n`` slices, or of a seeded subset."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n, generator=g).tolist()
-    return order[:per_epoch] if per_epoch and per_epoch < n else order

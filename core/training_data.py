@@ -1,6 +1,7 @@
-"""What the trainer trains on: a map-style slice dataset whose crops follow the epoch, and
-the validation volumes, read from a prepared zarr store (or given in memory by tests);
-plus the store facts a checkpoint records to stand alone."""
+"""What the trainer trains on: a map-style slice dataset whose crops follow the epoch, the
+seeded order of each epoch's slices, and the validation volumes, read from a prepared zarr
+store (or given in memory by tests); plus the store facts a checkpoint records to stand
+alone."""
 
 from __future__ import annotations
 
@@ -50,6 +51,24 @@ def store_data(cfg: ExperimentConfig, split: str = "val") -> TrainData:
     return TrainData(train, split_volumes)
 
 
+def device_batches_for(train_set: EpochDataset, cfg: ExperimentConfig,
+                       device: torch.device) -> Any:
+    """A ``DeviceBatches`` over ``train_set`` when ``data.on_device`` asks for one ('auto':
+    on CUDA, for a cached store split), else None: a DataLoader feeds the step."""
+    from core.data.dataset import SliceDataset
+
+    mode = cfg.data.on_device
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if not (isinstance(train_set, SliceDataset) and train_set.is_cached):
+        if mode == "on":
+            raise ConfigError("data.on_device: 'on' needs a store split loaded with data.cache: true")
+        return None
+    from core.data.device_batches import DeviceBatches
+
+    return DeviceBatches(train_set, device)
+
+
 def store_facts(location: str) -> dict[str, Any]:
     """What a checkpoint needs from its store to stand alone: preprocessing (so ``predict``
     reproduces the input), store id, split sizes and the evaluation window."""
@@ -63,3 +82,28 @@ def store_facts(location: str) -> dict[str, Any]:
     splits = {s: len(store.case_ids(s)) for s in ("train", "val", "test")}
     return {"store_id": m.get("store_id", ""), "preprocessing": m.get("preprocessing", {}),
             "store_splits": splits, "eval_window": EVAL_WINDOW}
+
+
+def epoch_order(train_set: EpochDataset, cfg: ExperimentConfig, epoch: int) -> list[int]:
+    """This epoch's training slices: ``epoch_indices``, with ``data.tumour_fraction`` of them
+    (if > 0) drawn from slices that hold tumour (seeded, without repeats while they last)."""
+    d = cfg.data
+    order = epoch_indices(len(train_set), d.slices_per_epoch, cfg.train.seed, epoch)
+    if d.tumour_fraction <= 0:
+        return order
+    tumour = list(getattr(train_set, "tumour_slices", lambda: [])())
+    if not tumour:
+        return order
+    k = round(len(order) * d.tumour_fraction)
+    g = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch + 7)
+    perm = torch.randperm(len(tumour), generator=g).tolist()
+    picks = [tumour[perm[i % len(tumour)]] for i in range(k)]
+    mixed = picks + order[: len(order) - k]
+    return [mixed[i] for i in torch.randperm(len(mixed), generator=g).tolist()]
+
+
+def epoch_indices(n: int, per_epoch: int, seed: int, epoch: int) -> list[int]:
+    """This epoch's slice order: a permutation of all ``n`` slices, or of a seeded subset."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    return order[:per_epoch] if per_epoch and per_epoch < n else order

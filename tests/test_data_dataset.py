@@ -112,7 +112,7 @@ def test_fold_selects_validation_cases(tmp_path: Path, synthetic_nifti: Path) ->
 
 def test_tumour_fraction_draws_that_share_from_tumour_slices(synthetic_store: Path) -> None:
     from core.config import load_config
-    from core.trainer import epoch_order
+    from core.training_data import epoch_order
 
     ds = SliceDataset(synthetic_store, "train", ["flair"], 64, True)
     tumour = set(ds.tumour_slices())

@@ -105,6 +105,21 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self._images = [store.read_image(c, self.modalities, dtype=None) for c in self.case_ids]
         self._masks = [store.read_mask(c, self.region) for c in self.case_ids]
 
+    @property
+    def is_cached(self) -> bool:
+        return self._images is not None
+
+    def take_cache(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Hand the cached split over (images per case ``(Z, C, H, W)``, masks ``(Z, H, W)``)
+        and drop this dataset's references, so the caller's copy is the only one (e.g. on a
+        GPU); the tumour-slice index is kept. Items are read from the store afterwards."""
+        if self._images is None or self._masks is None:
+            raise RuntimeError("take_cache needs a dataset built with cache=True")
+        self.tumour_slices()
+        images, masks = self._images, self._masks
+        self._images = self._masks = None
+        return images, masks
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_store"] = None  # each worker process opens its own handle
