@@ -17,6 +17,7 @@ split, minutes per trial; then the wall time of the grid and the recipe.
     python bench/real_data.py                               # FLAIR + 4-modality SegAN-CAT
     python bench/real_data.py --grid unimodal               # a shipped grid
     python bench/real_data.py --set train.amp=off --out /tmp/rd-fp32
+    python bench/real_data.py --split-seed 0,1              # two splits, pooled unseen cases
 """
 
 from __future__ import annotations
@@ -90,21 +91,15 @@ def score_unseen(checkpoint: str, store: BratsStore, cases_root: Path, out: Path
     return evaluate_folders(out, cases_root, region="wt")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--grid", default=None, help="grid to run (default: FLAIR + 4-modality)")
-    ap.add_argument("--budget", default=None, help="budget (default: the grid's, auto = cpu)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder)")
-    ap.add_argument("--split-seed", type=int, default=0, help="seed of prepare's split (default 0)")
-    args = ap.parse_args(argv)
-    work = (args.out or Path(tempfile.mkdtemp(prefix="real_data_"))).resolve()
+def run_split(args: argparse.Namespace, split_seed: int, work: Path) -> dict[str, list[float]]:
+    """Prepare with ``split_seed``, run the grid, score each cell on the split's unseen
+    cases; returns ``{cell name: [dice per unseen case]}``."""
     cases_root = link_cases(ROOTS, work / "cases")
     store_path = work / "real.zarr"
-    prepare(cases_root, store_path, seed=args.split_seed, log=lambda _m: None)
+    prepare(cases_root, store_path, seed=split_seed, log=lambda _m: None)
     store = BratsStore(store_path)
     sizes = {s: len(store.case_ids(s)) for s in ("train", "val", "test")}
-    print(f"store {store_path}: {sizes}; cpu bf16: "
+    print(f"split seed {split_seed}: store {store_path}: {sizes}; cpu bf16: "
           f"{', '.join(sorted(cpu_flags() & set(CPU_BF16_FLAGS))) or 'none'}", flush=True)
     grid = args.grid
     if grid is None:
@@ -119,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     subprocess.run(cmd, check=True, cwd=work)
     wall = (time.monotonic() - started) / 60
+    scores: dict[str, list[float]] = {}
     for cell in sorted(finished_cells(study_dir), key=lambda c: c["name"]):
         scored = score_unseen(cell["checkpoint"], store, cases_root, work / "pred" / cell["name"])
-        dice = [r["dice"] for r in scored["cases"]]
+        dice = scores[cell["name"]] = [r["dice"] for r in scored["cases"]]
         own = next((v for k, v in cell["metrics"].items()
                     if k.startswith("eval/test/") and k.endswith("/dice")), float("nan"))
         print(f"{cell['name']:36s} WT dice on {len(dice)} unseen cases (original grid) "
@@ -132,6 +128,29 @@ def main(argv: list[str] | None = None) -> int:
     recipe = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] in ("model", "optim",
               "train") or k in ("data.train_crop", "data.batch_size", "data.slices_per_epoch")}
     print("recipe:", json.dumps(recipe))
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--grid", default=None, help="grid to run (default: FLAIR + 4-modality)")
+    ap.add_argument("--budget", default=None, help="budget (default: the grid's, auto = cpu)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder)")
+    ap.add_argument("--split-seed", default="0", help="seed(s) of prepare's split, e.g. 0 or "
+                    "0,1: each seed is a separate study whose test cases are unseen (default 0)")
+    args = ap.parse_args(argv)
+    work = (args.out or Path(tempfile.mkdtemp(prefix="real_data_"))).resolve()
+    seeds = [int(s) for s in str(args.split_seed).split(",")]
+    pooled: dict[str, list[float]] = {}
+    for seed in seeds:
+        folder = work if len(seeds) == 1 else work / f"split{seed}"
+        for name, dice in run_split(args, seed, folder).items():
+            pooled.setdefault(name, []).extend(dice)
+    if len(seeds) > 1:
+        for name, dice in sorted(pooled.items()):
+            print(f"{name:36s} WT dice pooled over splits {seeds}: {sum(dice) / len(dice):.3f} "
+                  f"on {len(dice)} unseen cases [{min(dice):.3f}-{max(dice):.3f}]")
     return 0
 
 
