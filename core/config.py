@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from core.errors import ConfigError
+from core.postprocess import POSTPROCESSING
 from core.vocabulary import MODALITIES, REGIONS
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -169,6 +170,10 @@ class TrainConfig:
     """Validation, ``best.pt`` and ``predict`` use an exponential moving average of the
     segmentor's weights with this decay per step (0 = off, the paper: the weights as
     trained); ``core.averaging``."""
+    postprocess: str = "none"
+    """Post-processing of predicted volumes (``core.postprocess``): 'none' (the paper),
+    'largest_component', or 'auto' (the one with the higher validation dice, per model;
+    stored in ``best.pt`` and used by the study's test evaluation and ``predict``)."""
 
     def __post_init__(self) -> None:
         _check(self.max_epochs > 0, "train.max_epochs", f"must be > 0, got {self.max_epochs}")
@@ -182,6 +187,8 @@ class TrainConfig:
         _check(0 < self.threshold < 1, "train.threshold", "must be in (0, 1)")
         _check(self.val_every > 0, "train.val_every", "must be > 0")
         _check(self.bn_recalibration >= 0, "train.bn_recalibration", "must be >= 0")
+        _check(self.postprocess in (*POSTPROCESSING, "auto"), "train.postprocess",
+               f"must be one of {', '.join((*POSTPROCESSING, 'auto'))}, got {self.postprocess!r}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from core.averaging import WeightAverage, recalibrate_batchnorm
+from core.averaging import WeightAverage
 from core.checkpoint import (
     load_checkpoint,
     load_matching,
@@ -30,19 +30,17 @@ from core.checkpoint import (
 from core.config import ExperimentConfig
 from core.device import autocast_dtype, configure_backends, memory_report, resolve_device
 from core.errors import ConfigError
-from core.evaluation import volumes
 from core.freezing import Strategy, apply_strategy, get_strategy, set_train_mode
 from core.losses import dice_loss, multiscale_l1
 from core.model import Critic, Segmentor, build_networks
 from core.training_data import (
-    EpochDataset,
     TrainData,
     device_batches_for,
-    epoch_indices,
     epoch_order,
     store_data,
     store_facts,
 )
+from core.validation import prepare_evaluated, validate
 from core.version import code_version
 
 
@@ -301,15 +299,13 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
         if state.epoch % cfg.train.val_every == 0 or state.epoch == cfg.train.max_epochs:
             val_start = time.monotonic()
             prepare_evaluated(state, cfg, train_set, device, feed)
-            val = volumes.mean_metrics(volumes.evaluate_volumes(
-                state.evaluated, source.val(), cfg.train.threshold, device,
-                channels_last=cfg.train.channels_last))
-            report.update({f"val/{k}": v for k, v in val.items()})
+            val, chosen = validate(state, cfg, source, device)
+            report.update(val)
             report["time/val_s"] = time.monotonic() - val_start
-            if math.isfinite(val["dice"]) and val["dice"] > state.best_score:
-                state.best_score, state.best_epoch = val["dice"], state.epoch
-                save_checkpoint(best_path, _checkpoint_state(state, cfg, {**extra, "metrics": report},
-                                                             for_use=True))
+            if math.isfinite(val["val/dice"]) and val["val/dice"] > state.best_score:
+                state.best_score, state.best_epoch = val["val/dice"], state.epoch
+                save_checkpoint(best_path, _checkpoint_state(
+                    state, cfg, {**extra, "metrics": report, "postprocess": chosen}, for_use=True))
         state.seconds += time.monotonic() - epoch_start  # the time cap counts validation too
         report["val/best_dice"] = state.best_score
         state.history.append({k: float(v) for k, v in report.items()})
@@ -356,29 +352,6 @@ def set_learning_rates(state: TrainState, cfg: ExperimentConfig) -> float:
         for group in opt.param_groups:
             group["lr"] = lr * factor
     return factor
-
-
-def prepare_evaluated(state: TrainState, cfg: ExperimentConfig, train_set: EpochDataset,
-                      device: torch.device, feed: Any = None) -> None:
-    """Give the evaluated segmentor the BatchNorm statistics it is validated and saved with:
-    re-averaged over ``train.bn_recalibration`` training slices (a seeded subset of this
-    epoch's crops), else the raw network's running statistics."""
-    evaluated = state.evaluated
-    if cfg.train.bn_recalibration:
-        order = epoch_indices(len(train_set), cfg.train.bn_recalibration, cfg.train.seed + 1,
-                              state.epoch)
-        memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        batch = cfg.data.batch_size
-        def images(chunk: list[int]) -> torch.Tensor:
-            if feed is not None:  # the split lives on the device (``data.on_device``)
-                return feed.batch(chunk)[0]
-            return torch.stack([train_set[i][0] for i in chunk]).to(device)
-
-        batches = (images(order[start:start + batch]).contiguous(memory_format=memory_format)
-                   for start in range(0, len(order), batch))
-        recalibrate_batchnorm(evaluated, state.critic, state.strategy, batches)
-    elif state.average is not None:
-        state.average.sync_buffers(state.segmentor)
 
 
 def _stop_reason(cfg: ExperimentConfig, state: TrainState) -> str:

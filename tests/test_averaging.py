@@ -57,7 +57,7 @@ def test_recalibration_is_the_plain_mean_of_batch_statistics_and_spares_frozen_l
 
 
 def test_averaged_weights_are_what_best_pt_holds_and_resume_is_exact(tmp_path):
-    over = {"train.ema_decay": 0.9, "train.bn_recalibration": 16}
+    over = {"train.ema_decay": 0.9, "train.bn_recalibration": 16, "train.postprocess": "auto"}
     cfg1 = tiny_cfg(**over, **{"train.max_epochs": 1})
     one = fit(cfg1, tmp_path / "one", data_source=phantom_data())
     best, last = load_checkpoint(one.best_path), load_checkpoint(one.last_path)
@@ -67,6 +67,9 @@ def test_averaged_weights_are_what_best_pt_holds_and_resume_is_exact(tmp_path):
         assert torch.equal(best["segmentor"][k], last["segmentor_average"][k]), k
     assert any(not torch.equal(best["segmentor"][k], last["segmentor"][k]) for k in weights)
     assert "segmentor_average" not in best
+    # the post-processing chosen on validation travels with the model
+    chosen = best["postprocess"]
+    assert best["metrics"]["val/dice"] == best["metrics"][f"val/dice_{chosen}"]
 
     cfg3 = tiny_cfg(**over, **{"train.max_epochs": 3})
     full = fit(cfg3, tmp_path / "full", data_source=phantom_data())

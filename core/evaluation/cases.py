@@ -9,7 +9,8 @@ built the training store (``core.data.preprocess.preprocess_case``):
     → slice-wise probabilities over the whole stored slice (Z, H, W; padded to a multiple
     of 16 and stripped) → zeros outside the crop → (X, Y, Z)
 
-The mask is ``prob >= train.threshold`` (uint8 {0, 1}); it is written with the
+The mask is ``prob >= train.threshold`` (uint8 {0, 1}), post-processed as the checkpoint
+says (``core.postprocess``: chosen on validation by ``fit``); it is written with the
 original affine and header, so it overlays the input images in any viewer.
 """
 
@@ -27,7 +28,8 @@ from core.atomic import atomic_path
 from core.checkpoint import build_segmentor
 from core.device import resolve_device
 from core.errors import CheckpointError, DataError
-from core.evaluation.volumes import predict_volume
+from core.evaluation.volumes import checkpoint_postprocessing, predict_volume
+from core.postprocess import postprocess
 
 REQUIRED_KEYS = ("config", "in_channels", "modalities", "segmentor")
 
@@ -107,7 +109,8 @@ def predict_case(
     segmentor.to(dev)
 
     prob_zhw = predict_volume(segmentor, pre.image, dev, batch_size=batch_size)
-    mask_zhw = (prob_zhw >= cfg.train.threshold).astype(np.uint8)
+    mask_zhw = postprocess(prob_zhw >= cfg.train.threshold,
+                           checkpoint_postprocessing(checkpoint)).astype(np.uint8)
 
     prob = uncrop_to_original(prob_zhw.astype(np.float32), pre.info).astype(np.float32)
     mask = uncrop_to_original(mask_zhw, pre.info).astype(np.uint8)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +12,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from core import metrics
+from core.postprocess import postprocess
 from core.protocol import ALIGN, window_slices
+from core.surface import hd95
 
 
 @torch.no_grad()
@@ -51,11 +54,27 @@ def predict_volume(
 class VolumeResult:
     case_id: str
     counts: metrics.Counts
+    hd95: float | None = None
+    """HD95 in mm inside the evaluation window (``core.surface.hd95``), when computed."""
 
     def row(self) -> dict[str, float | int | str]:
         c = self.counts
-        return {"case_id": self.case_id, "tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn,
-                **metrics.volume_metrics(c)}
+        row: dict[str, float | int | str] = {"case_id": self.case_id, "tp": c.tp, "fp": c.fp,
+                                             "fn": c.fn, "tn": c.tn, **metrics.volume_metrics(c)}
+        if self.hd95 is not None:
+            row["hd95"] = self.hd95
+        return row
+
+
+Spacing = Callable[[str], tuple[float, float, float]]
+"""case_id -> voxel size in mm of a stored ``(Z, H, W)`` volume."""
+
+
+def stored_spacing(case_info: Mapping[str, Any]) -> tuple[float, float, float]:
+    """(Z, H, W) voxel size in mm of a stored case from its manifest row's NIfTI ``zooms``
+    (X, Y, Z); a store is written ``s[z, y, x]``. 1 mm when the row has none."""
+    zooms = case_info.get("zooms") or (1.0, 1.0, 1.0)
+    return (float(zooms[2]), float(zooms[1]), float(zooms[0]))
 
 
 def evaluate_volumes(
@@ -65,23 +84,48 @@ def evaluate_volumes(
     device: torch.device | str = "cpu",
     batch_size: int = 32,
     channels_last: bool = False,
+    spacing: Spacing | None = None,
+    postprocessing: str = "none",
 ) -> list[VolumeResult]:
     """Per-volume counts for ``(case_id, image (Z,C,H,W), mask (Z,H,W))`` items.
 
-    The whole slice is predicted; counts are taken inside the protocol's evaluation
-    window (``core.protocol``), the same for every budget.
+    The whole slice is predicted and the whole volume post-processed
+    (``core.postprocess``, as ``predict`` does); counts are taken inside the protocol's
+    evaluation window (``core.protocol``), the same for every budget. With ``spacing``
+    (final evaluation; validation skips it) HD95 in mm is computed in the same window.
     """
-    results = []
+    return evaluate_volumes_modes(segmentor, volumes, (postprocessing,), threshold, device,
+                                  batch_size, channels_last, spacing)[postprocessing]
+
+
+def evaluate_volumes_modes(
+    segmentor: nn.Module,
+    volumes: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    modes: tuple[str, ...],
+    threshold: float = 0.5,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    channels_last: bool = False,
+    spacing: Spacing | None = None,
+) -> dict[str, list[VolumeResult]]:
+    """``evaluate_volumes`` under several post-processing ``modes`` from one prediction
+    per volume: ``{mode: [VolumeResult per volume]}``."""
+    results: dict[str, list[VolumeResult]] = {mode: [] for mode in modes}
     for case_id, image, mask in volumes:
         prob = predict_volume(segmentor, image, device, batch_size, channels_last)
         rows, cols = window_slices(mask.shape[1], mask.shape[2])
-        counts = metrics.confusion_counts(prob[:, rows, cols], mask[:, rows, cols], threshold)
-        results.append(VolumeResult(case_id, counts))
+        truth = mask[:, rows, cols]
+        for mode in modes:
+            pred = postprocess(prob >= threshold, mode)[:, rows, cols]
+            counts = metrics.confusion_counts(pred, truth)
+            distance = hd95(pred, truth, spacing(case_id)) if spacing is not None else None
+            results[mode].append(VolumeResult(case_id, counts, distance))
     return results
 
 
 def mean_metrics(results: list[VolumeResult]) -> dict[str, float]:
-    """Mean over volumes of dice/precision/sensitivity (NaNs excluded) + excluded counts."""
+    """Mean over volumes of each voxel-count metric (NaNs excluded) + excluded counts
+    (validation: every volume, the trainer's selection rule; not the report's policy)."""
     out: dict[str, float] = {}
     for name, fn in metrics.METRICS.items():
         values = np.array([fn(r.counts) for r in results], dtype=float)
@@ -96,6 +140,16 @@ def modality_key(modalities: tuple[str, ...] | list[str]) -> str:
     return "-".join(modalities)
 
 
+def checkpoint_postprocessing(state: Mapping[str, Any]) -> str:
+    """The post-processing a checkpoint's model is used with: chosen on validation and
+    stored by ``fit`` (``train.postprocess: auto``), else its configured mode."""
+    chosen = state.get("postprocess")
+    if chosen:
+        return str(chosen)
+    mode = str(state["config"].get("train", {}).get("postprocess", "none"))
+    return "none" if mode == "auto" else mode
+
+
 def evaluate_checkpoint(
     state: dict,
     store: str,
@@ -103,13 +157,15 @@ def evaluate_checkpoint(
     split: str,
     device: torch.device | str = "cpu",
 ) -> list[VolumeResult]:
-    """Evaluate a loaded checkpoint's segmentor on ``split`` fed with ``modalities``.
+    """Evaluate a loaded checkpoint's segmentor on ``split`` fed with ``modalities``:
+    counts and HD95 (with the store's voxel spacing) per volume.
 
     A unimodal model may be fed another modality (the cross-modality matrix); the
     channel count must match the model's.
     """
     from core.checkpoint import build_segmentor
     from core.data.dataset import iter_volumes
+    from core.data.store import BratsStore
     from core.errors import CheckpointError
 
     segmentor, cfg = build_segmentor(state)
@@ -120,5 +176,8 @@ def evaluate_checkpoint(
         )
     segmentor.to(device)
     fold = None if cfg.data.fold < 0 else cfg.data.fold
-    volumes = iter_volumes(store, split, modalities, cfg.data.region, fold=fold)
-    return evaluate_volumes(segmentor, volumes, cfg.train.threshold, device)
+    opened = BratsStore(store)
+    volumes = iter_volumes(opened, split, modalities, cfg.data.region, fold=fold)
+    return evaluate_volumes(segmentor, volumes, cfg.train.threshold, device,
+                            spacing=lambda case_id: stored_spacing(opened.case_info(case_id)),
+                            postprocessing=checkpoint_postprocessing(state))
