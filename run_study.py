@@ -5,6 +5,7 @@
     python run_study.py --grid transfer_all --data STORE.zarr --budget paper
     python run_study.py report --study DIR
     python run_study.py predict --checkpoint CKPT --input CASE_DIR --out mask.nii.gz
+    python run_study.py export --study DIR --cell NAME --out model.zip
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; the
 module's parser sets ``func`` to the handler. Imports are lazy so ``prepare`` or
@@ -25,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "describe-model": "core.commands",
     "predict": "study.predict_cli",
     "evaluate": "study.predict_cli",
+    "export": "study.cli",
     "report": "study.cli",
     "ui": "study.cli",
 }

@@ -57,8 +57,8 @@ VOLUME_METRICS: tuple[str, ...] = ("dice", "precision", "sensitivity", "specific
 """Per-volume voxel-count metrics (``core.metrics``), in report order."""
 SURFACE_METRICS: tuple[str, ...] = ("hd95",)
 """Per-volume surface metrics (``core.surface``), in mm."""
-STUDY_METRICS: tuple[str, ...] = ("dice", "precision", "sensitivity")
-"""What trials log with intervals and the report tabulates."""
+STUDY_METRICS: tuple[str, ...] = VOLUME_METRICS + SURFACE_METRICS
+"""What trials log with intervals (``eval/<split>/<set>/<metric>``) and the report tabulates."""
 
 # -- variants -------------------------------------------------------------------
 VARIANTS: dict[str, dict[str, object]] = {

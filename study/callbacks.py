@@ -10,8 +10,9 @@ from typing import Any
 from ray.tune import Callback
 
 from core.protocol import parse_eval_metric
+from study.mlflow_meta import record_dataset, strict_json, summary_columns
 from study.tracking import Tracker
-from study.trainable import FINAL_KEY
+from study.trainable import FINAL_KEY, HISTORY_KEY, NOTE_KEY
 
 PROGRESS_EVERY = 60.0
 """Seconds between progress lines of one running trial."""
@@ -34,6 +35,8 @@ class StudyCallback(Callback):
         self.best: tuple[float, str] = (float("-inf"), "")
         self.started: dict[str, float] = {}
         self.last_line: dict[str, float] = {}
+        self.done_before, self.stage_started = done_before, time.monotonic()  # for the ETA
+        self.notes: set[tuple[str, str]] = set()
 
     @staticmethod
     def _cell(trial: Any) -> dict[str, Any]:
@@ -51,12 +54,25 @@ class StudyCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         cell = self._cell(trial)
+        self._resume_facts(cell, self.run_id(trial), result)
         if result.get(FINAL_KEY):
             self._final(cell, self.run_id(trial), result)
             return
         metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
         self.tracker.log_metrics(self.run_id(trial), metrics, step=int(result.get("epoch", 0)))
         self._epoch_line(cell, result)
+
+    def _resume_facts(self, cell: dict[str, Any], run_id: str, result: dict[str, Any]) -> None:
+        """Epochs in the trial's checkpoint history that its run lacks (a killed driver, a
+        tracking outage) are logged again, never twice (the tracker skips a logged key and
+        step); a checkpoint fallback is said once."""
+        note = result.get(NOTE_KEY)
+        if note and (cell["trial_id"], note) not in self.notes:
+            self.notes.add((cell["trial_id"], note))
+            print(f"[stage {self.stage}] {cell['name']}: {note}", flush=True)
+        for row in json.loads(result.get(HISTORY_KEY) or "[]"):
+            self.tracker.log_metrics(run_id, {k: v for k, v in row.items() if "/" in k},
+                                     step=int(row.get("epoch", 0)))
 
     def _epoch_line(self, cell: dict[str, Any], result: dict[str, Any]) -> None:
         """A line per running trial at most every PROGRESS_EVERY seconds: long budgets are
@@ -69,15 +85,17 @@ class StudyCallback(Callback):
         elapsed = now - self.started.get(cell["trial_id"], now)
         print(f"[stage {self.stage}] {cell['name']}: epoch {int(result.get('epoch', 0))}, "
               f"val dice {result.get('val/dice', float('nan')):.3f} "
-              f"(best {result.get('val/best_dice', float('nan')):.3f}), {elapsed / 60:.1f} min",
-              flush=True)
+              f"(best {result.get('val/best_dice', float('nan')):.3f}), {elapsed / 60:.1f} min"
+              f"{trial_eta(cell, result, elapsed)}", flush=True)
 
     def _final(self, cell: dict[str, Any], run_id: str, result: dict[str, Any]) -> None:
         metrics = {k: v for k, v in result.items()
                    if k.startswith(("eval/", "best/", "train/epochs", "train/steps"))}
+        metrics.update(summary_columns(cell, metrics))  # eval/<split>/dice: one sort ranks all
         self.tracker.log_metrics(run_id, metrics, step=int(result.get("train/epochs", 0)))
         self.tracker.set_tags(run_id, json.loads(result.get("tags") or "{}"))
-        self.tracker.log_json(run_id, json.loads(result["per_volume"]), "per_volume.json")
+        self.tracker.log_json(run_id, strict_json(json.loads(result["per_volume"])), "per_volume.json")
+        record_dataset(self.tracker, run_id, cell)
         # "best so far" ranks by the cell's own validation dice, never by the evaluation split
         val = result.get("val/best_dice")
         if isinstance(val, (int, float)) and cell.get("kind") != "evaluate" and val > self.best[0]:
@@ -111,8 +129,32 @@ class StudyCallback(Callback):
                       if (parse_eval_metric(k) or ("", "", ""))[2] == "dice"), None)
         score = f" {found[0][0]} dice {found[1]:.3f}" if found and isinstance(found[1], float) else ""
         best = f" | best val so far {self.best[0]:.3f} ({self.best[1]})" if self.best[1] else ""
+        eta = stage_eta(time.monotonic() - self.stage_started, self.done - self.done_before,
+                        self.total - self.done)
         print(f"[stage {self.stage}] {self.done}/{self.total} {what}: {cell['name']}{score} "
-              f"({secs:.0f}s) | running {running}, pending {pending}{best}", flush=True)
+              f"({secs:.0f}s) | running {running}, pending {pending}{best}{eta}", flush=True)
+
+
+def trial_eta(cell: dict[str, Any], result: dict[str, Any], elapsed: float) -> str:
+    """", ≤ N min left": the epochs left at this trial's pace, capped by its time budget
+    (early stopping can end it sooner)."""
+    train = (cell.get("config") or {}).get("train", {})
+    epoch, cap = int(result.get("epoch", 0)), int(train.get("max_epochs") or 0)
+    if epoch <= 0 or cap <= epoch:
+        return ""
+    left = elapsed / epoch * (cap - epoch)
+    if train.get("max_seconds"):
+        left = min(left, max(0.0, float(train["max_seconds"]) - elapsed))
+    return f", epoch cap {cap}, ≤ {left / 60:.1f} min left"
+
+
+def stage_eta(elapsed: float, finished: int, remaining: int) -> str:
+    """" | stage M min, ETA ~N min": this invocation's pace over the stage's remaining
+    trials (concurrency included, as the pace is measured in wall time)."""
+    if finished <= 0:
+        return ""
+    eta = f", ETA ~{elapsed / finished * remaining / 60:.1f} min" if remaining > 0 else ""
+    return f" | stage {elapsed / 60:.1f} min{eta}"
 
 
 def _error_line(trial: Any) -> str:

@@ -204,8 +204,9 @@ def _expand_family(fam: str, body: Mapping[str, Any], ctx: ExpandContext,
 
 
 def _cell_overrides(cell: Mapping[str, Any], seed: int, fixed: Mapping[str, Any]) -> dict[str, Any]:
-    o: dict[str, Any] = dict(fixed)
-    o.update({k: v for k, v in VARIANTS[cell.get("variant", "segan-cat")].items()})
+    # a family's own overrides are more specific than its variant's defaults: they win
+    o: dict[str, Any] = dict(VARIANTS[cell.get("variant", "segan-cat")])
+    o.update(fixed)
     o["train.seed"] = seed
     if "region" in cell:
         o["data.region"] = cell["region"]

@@ -89,12 +89,39 @@ def preflight(grid: Grid, store: str) -> None:
         raise UserError(f"store {store} needs train and val cases; re-run prepare with --val-fraction")
 
 
+def grid_counts(name: str) -> str:
+    """"N trials (a train, b transfer, …), S seed(s)" of a grid on the default data (the
+    synthetic store's budget and seeds), or the search's sample count."""
+    from collections import Counter
+
+    data = load_grid_data(name)
+    budget, _ = resolve_budget(data.get("budget"), True)
+    seeds = grid_seeds(data, budget)
+    grid = expand(name, ExpandContext(budget, "", "list-grids", seeds))
+    if grid.search:
+        return (f"search: {grid.search.get('num_samples', '?')} samples of "
+                f"{len(grid.trials)} cell(s)")
+    kinds = Counter(t.kind for t in grid.trials)
+    detail = ", ".join(f"{kinds[k]} {k}" for k in ("train", "transfer", "evaluate") if kinds[k])
+    return (f"{len(grid.trials)} trials: {detail}; {len(seeds)} seed(s) "
+            f"({len(grid.trials) // len(seeds)} cells per seed); {len(grid.stages())} stage(s)")
+
+
+def list_grids_command() -> int:
+    for name in list_grids():
+        desc = str(load_grid_data(name).get("description", "")).strip().split(". ")[0]
+        try:
+            counts = grid_counts(name)
+        except Exception as exc:  # noqa: BLE001 - one broken grid file must not hide the others
+            counts = f"cannot expand: {str(exc).splitlines()[0][:120]}"
+        print(f"{name:16s} {counts}\n{'':16s} {desc}")
+    print("\n(counts with the default data and seeds; --seeds multiplies the trials)")
+    return 0
+
+
 def run_study_command(args: argparse.Namespace) -> int:
     if args.list_grids:
-        for name in list_grids():
-            desc = str(load_grid_data(name).get("description", "")).strip().split(". ")[0]
-            print(f"{name:16s} {desc}")
-        return 0
+        return list_grids_command()
     options = StudyOptions.from_args(args)
     load_grid_data(options.grid)  # a wrong grid name or --set key fails before data is built
     load_config(None, options.overlays, dict(options.overrides))
@@ -110,6 +137,9 @@ def run_study_command(args: argparse.Namespace) -> int:
         check_space(grid)  # before Ray and MLflow start
     session = open_session(options, grid, store, manifest)
     try:
+        from study.mlflow_meta import mark_training_experiment
+
+        mark_training_experiment(session.tracker.client, session.tracker.experiment_id)
         if grid.search:
             from study.hpo import run_hpo
 
@@ -128,6 +158,12 @@ def _run(session: StudySession) -> int:
         parent["summary"].update(done=len(outcome.done), failed=len(outcome.failed),
                                  skipped=len(outcome.skipped))
     _print_summary(grid, outcome, time.monotonic() - started)
+    from study.mlflow_meta import drop_idle_parent, runs_url
+
+    all_done = len(outcome.done) == len(grid.trials)
+    if all_done and not outcome.interrupted and drop_idle_parent(tracker):
+        print("nothing to do: every trial had finished already; no new MLflow parent run "
+              "kept", flush=True)
     if outcome.interrupted:
         print(f"\nInterrupted. Re-run the same command to resume:\n  "
               f"{session.options.resume_command()}", flush=True)
@@ -137,6 +173,7 @@ def _run(session: StudySession) -> int:
     from study.tracking import ui_command
 
     print(f"\nMLflow UI: {ui_command(tracker.tracking_uri)}\n  (or: python run_study.py ui --study {study_dir})")
+    print(f"  runs: {runs_url(tracker.tracking_uri, tracker.experiment_id)}")
     return 1 if outcome.failed else 0
 
 
@@ -152,9 +189,11 @@ def _print_summary(grid: Grid, outcome: Any, seconds: float) -> None:
 
 def _write_report(uri: str, experiment: str, study_dir: Path, grid: Grid | None = None) -> Path:
     from study.report import report_summary_lines, write_report
+    from study.results_csv import write_results_csv
 
     path = write_report(uri, experiment, study_dir / "report", {"hardware": hardware()})
     print(f"\nreport: {path}")
+    print(f"results: {write_results_csv(uri, experiment, path.parent)}")
     for line in report_summary_lines(path.parent):
         print(f"  {line}")
     return path

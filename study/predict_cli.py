@@ -2,11 +2,14 @@
 
     run_study.py predict --checkpoint best.pt --input CASE_DIR --out mask.nii.gz [--save-prob]
     run_study.py predict --run-id RUN --tracking-uri URI --input CASES_DIR --out OUT_DIR
+    run_study.py predict --study DIR --cell unimodal/segan-cat/flair/wt/seed0 --input CASE --out m.nii.gz
     run_study.py predict --checkpoint best.pt --flair F --t1 A --t1c B --t2 C --out mask.nii.gz
     run_study.py evaluate --pred mask.nii.gz --truth case_seg.nii.gz [--region tc] [--json]
-    run_study.py evaluate --pred OUT_DIR --truth BRATS_DIR [--json]
+    run_study.py evaluate --pred OUT_DIR --truth BRATS_DIR [--json] [--study DIR --cell NAME]
 
-MLflow is imported only for ``--run-id``.
+MLflow is imported only for ``--run-id`` (and ``evaluate`` recording into a run). The
+tracking URI is ``--tracking-uri``, else the ``--study`` folder's, else
+``MLFLOW_TRACKING_URI``.
 """
 
 from __future__ import annotations
@@ -21,21 +24,25 @@ from typing import Any
 
 from core.errors import CheckpointError, DataError, UserError
 from core.vocabulary import MODALITIES, REGIONS, VOLUME_METRICS
+from study.cli_help import subcommand
 
 _NIFTI = (".nii.gz", ".nii")
 
 
 def register(subparsers: Any) -> None:
     """Add ``predict`` and ``evaluate`` to run_study.py's subparsers."""
-    p = subparsers.add_parser(
-        "predict", help="segment BraTS cases with a trained checkpoint (NIfTI in original space)",
-        description="Preprocess as training did (parameters from the checkpoint), predict "
+    p = subcommand(
+        subparsers, "predict", "segment BraTS cases with a trained checkpoint (NIfTI in original space)",
+        "Preprocess as training did (parameters from the checkpoint), predict "
         "slice by slice, write a binary uint8 NIfTI mask in the input's original grid.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="checkpoint file (e.g. a trial's best.pt)")
+    src.add_argument("--checkpoint", type=Path, help="checkpoint file (e.g. a trial's best.pt "
+                     "or an export's best.pt)")
     src.add_argument("--run-id", help="MLflow run id; uses the run's 'best_checkpoint' tag")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI for --run-id, e.g. "
-                   "sqlite:///mlflow.db or http://host:5000 (default: MLFLOW_TRACKING_URI)")
+    src.add_argument("--cell", metavar="NAME", help="a cell of --study, e.g. "
+                     "unimodal/segan-cat/flair/wt/seed0 (names as in report.json and cell.json): "
+                     "its best checkpoint")
+    _tracking_args(p, "--run-id")
     p.add_argument("--input", type=Path, help="a case folder (any BraTS naming) or a folder "
                    "of case folders (batch)")
     for m in MODALITIES:
@@ -44,24 +51,39 @@ def register(subparsers: Any) -> None:
                    help="mask path (.nii.gz) for one case, or a folder (batch: <case_id>.nii.gz)")
     p.add_argument("--save-prob", action="store_true",
                    help="also write the probability map (<name>_prob.nii.gz, float32)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=run_predict)
 
-    e = subparsers.add_parser(
-        "evaluate", help="dice, precision, sensitivity, specificity, HD95 of masks vs truth",
-        description="Compare predicted masks with ground truth (files or folders paired by "
-        "case id). The truth may be a raw BraTS label map. HD95 in mm from the voxel spacing.")
+    e = subcommand(
+        subparsers, "evaluate", "dice, precision, sensitivity, specificity, HD95 of masks vs truth",
+        "Compare predicted masks with ground truth (files or folders paired by "
+        "case id). The truth may be a raw BraTS label map. HD95 in mm from the voxel spacing. "
+        "With --run-id or --study DIR --cell NAME the result is also recorded in that MLflow run.")
     e.add_argument("--pred", type=Path, required=True, help="predicted mask file or folder")
     e.add_argument("--truth", type=Path, required=True,
                    help="truth mask/label file, or a folder of them / of BraTS case folders")
     e.add_argument("--region", choices=REGIONS, default="wt",
-                   help="tumour region (default wt, whole tumour)")
+                   help="tumour region (wt = whole tumour)")
     e.add_argument("--release", help="BraTS release of raw label maps, e.g. 2018 or 2023 "
                    "(default: from the case folder or the label values)")
     e.add_argument("--threshold", type=float, default=0.5,
-                   help="threshold for probability maps (default 0.5)")
+                   help="threshold for probability maps")
     e.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    run = e.add_mutually_exclusive_group()
+    run.add_argument("--run-id", help="also record the result in this MLflow run "
+                     "(metrics original_grid/<region>/…, artifact original_grid/<region>.json)")
+    run.add_argument("--cell", metavar="NAME", help="also record the result in this cell's "
+                     "MLflow run (a cell of --study)")
+    _tracking_args(e, "--run-id/--cell")
     e.set_defaults(func=run_evaluate)
+
+
+def _tracking_args(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--study", type=Path, metavar="DIR", help=f"study folder: its study.json "
+                        f"gives the tracking URI for {what} (and the cells for --cell)")
+    parser.add_argument("--tracking-uri", help=f"MLflow tracking URI for {what}, e.g. "
+                        "sqlite:///mlflow.db or http://host:5000 (default: the --study "
+                        "folder's, else the MLFLOW_TRACKING_URI environment variable)")
 
 
 # ----------------------------------------------------------------------------- predict
@@ -85,6 +107,36 @@ def resolve_run_checkpoint(run_id: str, tracking_uri: str | None = None) -> Path
         raise CheckpointError(f"MLflow run {run_id!r} has no 'best_checkpoint' tag "
                               f"(did the trial finish?); pass --checkpoint instead")
     return Path(path)
+
+
+def run_uri(args: argparse.Namespace) -> str:
+    """Tracking URI for a run of this command (``--tracking-uri``, ``--study``, environment)."""
+    from study.cells import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri, args.study)
+    if not uri:
+        raise UserError("which MLflow store? pass --study DIR (a study folder), --tracking-uri "
+                        "URI, or set MLFLOW_TRACKING_URI")
+    return uri
+
+
+def predict_checkpoint(args: argparse.Namespace) -> Path:
+    """The checkpoint ``predict`` uses: ``--checkpoint``, ``--cell`` of ``--study``, or
+    ``--run-id``'s ``best_checkpoint`` tag."""
+    from study.cells import find_cell
+
+    if args.checkpoint is not None:
+        return Path(args.checkpoint)
+    if args.cell is not None:
+        if args.study is None:
+            raise UserError("--cell needs --study DIR (the study folder that holds the cell)")
+        cell = find_cell(args.study, args.cell)
+        if not cell.checkpoint.is_file():
+            raise CheckpointError(f"cell {cell.name}: no checkpoint at {cell.checkpoint} "
+                                  f"(has it finished an epoch?)")
+        print(f"cell {cell.name} ({cell.kind}, trial {cell.trial_id})", file=sys.stderr)
+        return cell.checkpoint
+    return resolve_run_checkpoint(args.run_id, run_uri(args))
 
 
 def _is_case_folder(folder: Path) -> bool:
@@ -154,7 +206,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     jobs, batch = _jobs(args)
     device = resolve_device(args.device)
-    ckpt_path = args.checkpoint or resolve_run_checkpoint(args.run_id, args.tracking_uri)
+    ckpt_path = predict_checkpoint(args)
     state = load_checkpoint(ckpt_path, map_location="cpu")
     print(f"checkpoint {ckpt_path} (inputs: {', '.join(state['modalities'])}); "
           f"device {device}; {len(jobs)} case(s)", file=sys.stderr)
@@ -226,14 +278,44 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for what, path in (("--pred", pred), ("--truth", truth)):
         if not path.exists():
             raise DataError(f"{what} {path}: not found")
+    target = _evaluate_run(args)  # before the work: a wrong run fails fast
     if pred.is_file() and truth.is_file():
-        row = evaluate_pair(pred, truth, args.region, args.release, args.threshold)
-        print(json.dumps(json_safe(row), indent=2) if args.json else format_pair(row))
-        return 0
-    if pred.is_dir() and truth.is_dir():
+        result = evaluate_pair(pred, truth, args.region, args.release, args.threshold)
+        text = format_pair(result)
+    elif pred.is_dir() and truth.is_dir():
         progress = None if args.json else print
         result = evaluate_folders(pred, truth, args.region, args.release, args.threshold,
                                   progress=progress)
-        print(json.dumps(json_safe(result), indent=2) if args.json else format_summary(result))
-        return 0
-    raise UserError(f"--pred {pred} and --truth {truth} must both be files or both folders")
+        text = format_summary(result)
+    else:
+        raise UserError(f"--pred {pred} and --truth {truth} must both be files or both folders")
+    print(json.dumps(json_safe(result), indent=2) if args.json else text)
+    if target is not None:
+        from study.mlflow_results import log_evaluation
+
+        names = log_evaluation(target[0], target[1], args.region, json_safe(result))
+        print(f"recorded in MLflow run {target[1]}: {len(names)} metrics "
+              f"(original_grid/{args.region}/…)", file=sys.stderr)
+    return 0
+
+
+def _evaluate_run(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(tracking URI, run id) that ``evaluate`` records into, or None."""
+    if args.run_id is None and args.cell is None:
+        if args.study is not None or args.tracking_uri is not None:
+            raise UserError("--study/--tracking-uri name where to record the result: "
+                            "add --run-id RUN or --cell NAME")
+        return None
+    uri = run_uri(args)
+    if args.run_id is not None:
+        return uri, args.run_id
+    if args.study is None:
+        raise UserError("--cell needs --study DIR (the study folder that holds the cell)")
+    from study.cells import find_cell, read_study
+    from study.mlflow_results import cell_run
+
+    cell = find_cell(args.study, args.cell)
+    run = cell_run(uri, str(read_study(args.study)["experiment"]), cell.trial_id)
+    if run is None:
+        raise UserError(f"cell {cell.name}: no MLflow run with trial_id {cell.trial_id} at {uri}")
+    return uri, str(run.info.run_id)

@@ -7,17 +7,21 @@ and writes ``report.md``, ``report.json`` (every number in the tables, keyed so 
 can be checked against MLflow) and PNG heatmaps (``study/report_markdown.py``, ``study/report_figures.py``).
 
 Statistics (helpers from ``core.metrics``, none re-implemented here):
-- One seed: a cell is the run's logged ``eval/<split>/<key>/<metric>`` mean and its
-  ``_ci_low``/``_ci_high`` (95% bootstrap over test volumes), copied unchanged.
-- Several seeds: the mean over seeds of the per-seed means, a 95% Student-t
-  interval over those seed means, and a per-volume bootstrap CI of the
-  seed-averaged per-volume values (``per_volume.json``).
-- Transfer vs scratch: per target volume (paired by ``case_id``) the difference
-  transfer − scratch, averaged over the seeds both have, mean with a bootstrap CI
-  (``core.metrics.paired_difference``).
+- Empty-truth policy (``core.metrics``): dice, precision, sensitivity and HD95 — cell
+  means, gains, paired differences, heatmaps — are computed from ``per_volume.json`` over
+  the volumes whose truth is non-empty, the same volumes for every model; tumour-free
+  volumes are counted apart (false-positive volumes); specificity covers every volume.
+- A cell: the mean over seeds of each seed's mean over volumes, with a 95% hierarchical
+  bootstrap interval over seeds × volumes (``core.metrics.hierarchical_interval``; one
+  seed: volumes only, training noise not included).
+- Transfer vs scratch: per target volume (paired by ``case_id``, same seed) the dice
+  difference transfer − scratch, with the same hierarchical interval; a verdict needs
+  ≥ 2 seeds ("1 seed — no verdict"). Verdicts are per cell, unadjusted, so exploratory;
+  a Holm column says which survive a family-wise correction over the table's cells.
 - Only FINISHED runs enter the numbers; per cell and seed the latest run counts.
   The paper's sections use variant SegAN-CAT for unimodal models and transfers,
-  and ``hpo`` trials (a search, not a grid cell) are summarised apart.
+  ``hpo`` trials (a search, not a grid cell) are summarised apart, and ``ablation*``
+  families have their own table.
 """
 
 from __future__ import annotations
@@ -35,13 +39,22 @@ import numpy as np
 
 from core.version import code_version
 from core.vocabulary import MODALITIES, REGIONS, STUDY_METRICS
-from study.report_format import report_summary_lines
+from study.report_format import (
+    PAPER_TABLE1,
+    PAPER_TABLE2,
+    PAPER_TABLE3,
+    TABLE3_FREEZES,
+    VARIANT_LABELS,
+    report_summary_lines,
+)
 from study.report_markdown import write_outputs
 from study.report_stats import (
+    STATISTICS,
     PerVolume,
     TrialRun,
     cell_stats,
     gain_over_scratch,
+    holm,
     load_runs,
     paired_vs_scratch,
 )
@@ -51,30 +64,16 @@ __all__ = ["build_report", "load_runs", "report_summary_lines", "write_report"]
 # Per-run artifact downloads would each print a progress bar on the CLI.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-VARIANT_LABELS = {"segan": "SegAN", "segan-dice": "SegAN + dice", "segan-cat": "SegAN-CAT"}
-PAPER_TABLE1 = {  # variant -> year -> (dice, precision, sensitivity)
-    "segan": {"2015": (0.705, 0.759, 0.694), "2019": (0.766, 0.745, 0.834)},
-    "segan-dice": {"2015": (0.825, 0.901, 0.785), "2019": (0.814, 0.850, 0.810)},
-    "segan-cat": {"2015": (0.859, 0.882, 0.852), "2019": (0.825, 0.842, 0.835)},
-}
-PAPER_TABLE2 = {"t1": (0.538, 0.542), "t1c": (0.578, 0.587), "t2": (0.721, 0.675),
-                "flair": (0.810, 0.763)}  # dice (2015, 2019)
-# (target, freeze) -> the paper's Table III dice (BraTS 2015, 2019)
-PAPER_TABLE3 = {
-    ("t1", "full"): (0.496, 0.502), ("t1c", "full"): (0.467, 0.468), ("t2", "full"): (0.692, 0.674),
-    ("t1", "s_din"): (0.561, 0.528), ("t1c", "s_din"): (0.577, 0.598), ("t2", "s_din"): (0.781, 0.741),
-}
-TABLE3_FREEZES = ("full", "s_din", "s_only")
-"""full = the paper's (S, D); s_din = (S, Din); s_only = the authors' code's second mode
-("freeze all critic layers"), which no paper column reports."""
-SEED_CI = "95% Student-t interval over the seeds' means, clipped to [0, 1]"
-VOLUME_CI = "95% percentile bootstrap over test volumes (2000 resamples)"
-PAIRED_CI = "95% bootstrap over volumes of the per-volume difference (paired by case_id)"
-
+ABLATION_AXES = ("loss.l1_mode", "loss.dice_weight", "model.critic_input")
+"""The config keys the ``ablations`` grid varies (read from each run's params)."""
 
 # -- sections -----------------------------------------------------------------
 def _is_cat(run: TrialRun) -> bool:
     return run.tag("variant", "segan-cat") == "segan-cat"
+
+
+def _is_ablation(run: TrialRun) -> bool:
+    return run.tag("family").startswith("ablation")
 
 
 @dataclass
@@ -90,9 +89,13 @@ class Sections:
                 and r.tag("family") != "hpo" and r.tag("region", "wt") == self.region
                 and pred(r)]
 
+    def metrics(self, runs: list[TrialRun], key: str) -> dict[str, Any]:
+        """Every study metric's cell for ``runs`` on evaluation set ``key``."""
+        return {m: cell_stats(runs, key, m, self.vols) for m in STUDY_METRICS}
+
     def table1(self) -> list[dict[str, Any]]:
         """One row per multimodal variant (and modality set), paper order."""
-        groups = _group(self.select("train", lambda r: len(r.mods) > 1),
+        groups = _group(self.select("train", lambda r: len(r.mods) > 1 and not _is_ablation(r)),
                         lambda r: (r.tag("variant"), r.tag("modalities")))
         order = list(VARIANT_LABELS)
         rows = []
@@ -103,7 +106,7 @@ class Sections:
             paper = PAPER_TABLE1.get(variant) if self.region == "wt" and four else None
             rows.append({"variant": variant, "label": VARIANT_LABELS.get(variant, variant),
                          "modalities": mods, "key": key, "paper": paper,
-                         **{m: cell_stats(runs, key, m, self.vols) for m in STUDY_METRICS}})
+                         **self.metrics(runs, key)})
         return rows
 
     def unimodal(self) -> dict[str, list[TrialRun]]:
@@ -149,8 +152,9 @@ class Sections:
             cells.append({"source": src, "target": tgt, "freeze": freeze,
                           "dice": cell_stats(cell_runs, tgt, "dice", self.vols),
                           "scratch": cell_stats(base, tgt, "dice", self.vols),
-                          "gain": gain_over_scratch(cell_runs, base, tgt),
+                          "gain": gain_over_scratch(cell_runs, base, tgt, self.vols),
                           "paired": paired_vs_scratch(cell_runs, base, tgt, self.vols)})
+        _holm([c["paired"] for c in cells])
         order = ["full", "s_din", "s_only", "decoder_only"]
         base_cells = {t: cell_stats(v, t, "dice", self.vols) for t, v in scratch.items()}
         return {"cells": cells,
@@ -159,6 +163,25 @@ class Sections:
                 "targets": _modalities({c["target"] for c in cells}),
                 "scratch": {k: v for k, v in base_cells.items() if v}}
 
+    def ablations(self) -> list[dict[str, Any]]:
+        """One row per (L1 mode, dice weight, critic input, modalities) of ``ablation*``
+        families, each against SegAN-CAT as the authors ran it (global, 1, concat)."""
+        runs = [r for r in self.runs if r.status == "FINISHED" and _is_ablation(r)
+                and r.tag("region", "wt") == self.region]
+        groups = _group(runs, lambda r: (*(r.params.get(k, "?") for k in ABLATION_AXES),
+                                         r.tag("modalities")))
+        rows = []
+        for (l1, weight, critic, mods), cell_runs in sorted(groups.items(), key=_ablation_order):
+            key = "-".join(mods.split(","))
+            ref = groups.get(("global", _reference_weight(groups), "concat", mods), [])
+            paired = (paired_vs_scratch(cell_runs, ref, key, self.vols, ABLATION_VERDICTS)
+                      if ref and ref is not cell_runs else None)
+            rows.append({"l1_mode": l1, "dice_weight": weight, "critic_input": critic,
+                         "modalities": mods, "key": key, "vs_reference": paired,
+                         **self.metrics(cell_runs, key)})
+        _holm([r["vs_reference"] for r in rows])
+        return rows
+
     def build(self) -> dict[str, Any]:
         transfers = self.transfers()
         flair_targets = {c["target"] for c in transfers["cells"] if c["source"] == "flair"}
@@ -166,9 +189,36 @@ class Sections:
                "cross_modality": self.cross_modality(),
                "table3": [_table3_row(t, transfers) for t in ("t1", "t1c", "t2")
                           if t in flair_targets],
-               "transfer": transfers}
+               "transfer": transfers, "ablations": self.ablations()}
         out["excluded"] = {name: _excluded(name, out[name]) for name in out}
         return out
+
+
+ABLATION_VERDICTS = ("better than SegAN-CAT", "worse than SegAN-CAT")
+
+
+def _reference_weight(groups: dict[Any, Any]) -> str:
+    """How the runs' params spell dice weight 1 (``1.0``)."""
+    return next((k[1] for k in groups if _float(k[1]) == 1.0), "1.0")
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _ablation_order(item: tuple[tuple[str, ...], Any]) -> tuple[Any, ...]:
+    l1, weight, critic, mods = item[0]
+    return (_index(["global", "per_layer"], l1), -_float(weight), _index(["concat"], critic), mods)
+
+
+def _holm(paired: list[dict[str, Any] | None]) -> None:
+    """Adds ``holm`` (True/False/None) to each paired comparison: Holm over the list."""
+    present = [p for p in paired if p]
+    for p, rejected in zip(present, holm([p.get("p_value") for p in present]), strict=True):
+        p["holm"] = rejected
 
 
 def _table3_row(target: str, transfers: dict[str, Any]) -> dict[str, Any]:
@@ -180,8 +230,8 @@ def _table3_row(target: str, transfers: dict[str, Any]) -> dict[str, Any]:
 
 
 def _dice_cells(name: str, section: Any) -> list[dict[str, Any] | None]:
-    """Every dice cell a section shows (for its excluded-volume count)."""
-    if name in ("table1", "table2"):
+    """Every dice cell a section shows (for its volume counts)."""
+    if name in ("table1", "table2", "ablations"):
         return [row["dice"] for row in section]
     if name == "cross_modality":
         return [c["dice"] for c in section["cells"]]
@@ -191,10 +241,18 @@ def _dice_cells(name: str, section: Any) -> list[dict[str, Any] | None]:
 
 
 def _excluded(name: str, section: Any) -> dict[str, int]:
-    """Volumes left out by the empty-mask rule (dice undefined), summed over a section's cells."""
+    """Volume evaluations of a section's dice cells (summed over cells and seeds): on
+    tumour volumes, tumour-free (left out by the policy), false-positive among those, and
+    undefined dice on tumour volumes (none unless a row is damaged)."""
     cells = [c for c in _dice_cells(name, section) if c]
-    return {"n_excluded": sum(c["n_excluded"] or 0 for c in cells),
-            "n_volumes": sum(c["n_volumes"] or 0 for c in cells), "n_cells": len(cells)}
+
+    def total(field: str, per_seed: bool) -> int:
+        return sum((c[field] or 0) * (c["n_seeds"] if per_seed else 1) for c in cells)
+
+    return {"n_cells": len(cells), "n_tumour": total("n_volumes", True),
+            "n_tumour_free": total("n_tumour_free", True),
+            "n_false_positive": total("n_false_positive", False),
+            "n_excluded": total("n_excluded", False)}
 
 
 def _group(runs: Iterable[TrialRun], key: Callable[[TrialRun], Any]) -> dict[Any, list[TrialRun]]:
@@ -272,16 +330,26 @@ def build_report(tracking_uri: str, experiment: str,
     parents, runs = load_runs(tracking_uri, experiment)
     vols = PerVolume(tracking_uri)
     found = {r.tag("region", "wt") for r in runs if r.status == "FINISHED"} or {"wt"}
-    report = {"experiment": experiment, "tracking_uri": tracking_uri,
-              "header": _header(parents, runs, context or {}),
-              "statistics": {"volume_ci": VOLUME_CI, "seed_ci": SEED_CI, "paired_ci": PAIRED_CI},
-              "regions": {g: Sections(runs, g, vols).build()
-                          for g in sorted(found, key=lambda g: _index(list(REGIONS), g))},
-              "hpo": _hpo(runs), "problems": _problems(runs), "cells": _cells(runs),
-              "produced_by": {"code_version": code_version(),
-                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+    order = sorted(found, key=lambda g: _index(list(REGIONS), g))
+    report: dict[str, Any] = {
+        "experiment": experiment, "tracking_uri": tracking_uri,
+        "header": _header(parents, runs, context or {}), "statistics": STATISTICS,
+        "regions": {g: Sections(runs, g, vols).build() for g in order},
+        "hpo": _hpo(runs), "problems": _problems(runs), "cells": _cells(runs),
+        "produced_by": {"code_version": code_version(),
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+    report["region_table"] = _region_table(report["regions"])
     report["header"]["runs_without_per_volume"] = sorted(vols.missing)
     return _clean(report)
+
+
+def _region_table(regions: dict[str, Any]) -> list[dict[str, Any]]:
+    """Multimodal SegAN-CAT per BraTS region (from each region's Table I), when the study
+    has a region other than WT; the paper reports WT only."""
+    rows = [{"region": g, **row, "paper": row["paper"] if g == "wt" else None}
+            for g, sec in regions.items() for row in sec["table1"]
+            if row["variant"] == "segan-cat" and row["modalities"].count(",") == len(MODALITIES) - 1]
+    return rows if any(r["region"] != "wt" for r in rows) else []
 
 
 def _cells(runs: list[TrialRun]) -> list[dict[str, Any]]:

@@ -12,14 +12,24 @@ from typing import Any
 import numpy as np
 
 from core.atomic import atomic_path
-from study.report_format import FREEZE_LABELS, NONE, modality_label
+from study.report_format import FREEZE_LABELS, NONE, marked, modality_label, seeds_text
 
 FIGURE_PATTERNS = ("fig2_cross_modality*.png", "transfer_dice_*.png", "transfer_gain_*.png")
 
 
+def gain_span(cells: list[dict[str, Any]]) -> float:
+    """Half-range of the colour scale shared by every gain heatmap of a transfer family:
+    the largest |gain| over all its strategies (at least 0.05)."""
+    gains = [abs(c["gain"]["gain"]) for c in cells if c["gain"] and c["gain"]["gain"] is not None]
+    return max([0.05, *gains])
+
+
 def heatmap(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str], title: str,
-            xlabel: str, ylabel: str, diverging: bool = False) -> Path:
-    """Annotated heatmap; NaN cells grey with a dash. Dice on [0, 1], gains centred on 0."""
+            xlabel: str, ylabel: str, span: float | None = None,
+            marks: np.ndarray | None = None) -> Path:
+    """Annotated heatmap of ``matrix`` (rows × cols); NaN cells grey with a dash. Without
+    ``span``: values on [0, 1]; with it: a diverging scale on [−span, span]. ``marks``
+    (bool, same shape) appends ``*`` to a cell's text."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -27,9 +37,9 @@ def heatmap(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str], ti
     fig = Figure(figsize=(1.3 * len(cols) + 2.2, 1.0 * len(rows) + 1.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    diverging = span is not None
     cmap = colormaps["RdBu" if diverging else "viridis"].with_extremes(bad="#dddddd")
-    finite = matrix[np.isfinite(matrix)]
-    span = max(0.05, float(np.abs(finite).max())) if diverging and finite.size else 1.0
+    span = span if span is not None else 1.0
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap,
                       vmin=-span if diverging else 0.0, vmax=span)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -38,6 +48,7 @@ def heatmap(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str], ti
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     for (i, j), v in np.ndenumerate(matrix):
         text = NONE if not np.isfinite(v) else f"{v:+.3f}" if diverging else f"{v:.3f}"
+        text += "*" if marks is not None and marks[i, j] else ""
         dark = np.isfinite(v) and (abs(v) > 0.6 * span if diverging else v < 0.5)
         ax.text(j, i, text, ha="center", va="center", fontsize=9,
                 color="white" if dark else "black")
@@ -72,17 +83,23 @@ def draw_figures(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
                     "evaluated on", "trained on")
             out[f"{region}/cross_modality"] = name
         tr = sec["transfer"]
+        span = gain_span(tr["cells"])  # one colour scale for every gain heatmap of the family
         for freeze in tr["freezes"]:
             cells = [c for c in tr["cells"] if c["freeze"] == freeze]
             label = FREEZE_LABELS.get(freeze, freeze)
-            for what, value, diverging in (
-                    ("dice", lambda c: c["dice"]["mean"] if c["dice"] else None, False),
-                    ("gain", lambda c: c["gain"]["gain"] if c["gain"] else None, True)):
+            shape = (tr["sources"], tr["targets"], "source", "target")
+            dice = _matrix(cells, *shape, lambda c: c["dice"]["mean"] if c["dice"] else None)
+            gain = _matrix(cells, *shape, lambda c: c["gain"]["gain"] if c["gain"] else None)
+            marks = _matrix(cells, *shape, lambda c: float(marked(c["paired"]))) == 1.0
+            for what, matrix, title, extra in (
+                    ("dice", dice, "Transfer dice", {}),
+                    ("gain", gain, "Gain over scratch (* = paired CI excludes 0)",
+                     {"span": span, "marks": marks})):
                 name = f"transfer_{what}_{freeze}{sfx}.png"
-                title = ("Transfer dice" if what == "dice" else "Gain over scratch") + f", {label}"
-                matrix = _matrix(cells, tr["sources"], tr["targets"], "source", "target", value)
-                heatmap(out_dir / name, matrix, tr["sources"], tr["targets"], title + region_title,
-                        "target", "source", diverging)
+                n = seeds_text(*(c["dice"] for c in cells))
+                heatmap(out_dir / name, matrix, tr["sources"], tr["targets"],
+                        f"{title}, {label}{region_title}\nn = {n} per cell", "target", "source",
+                        **extra)
                 out[f"{region}/transfer_{what}/{freeze}"] = name
     return out
 

@@ -17,6 +17,23 @@ FREEZE_LABELS = {"full": "(S, D) = full", "s_din": "(S, Din) = s_din",
                  "s_only": "S only (critic frozen)", "decoder_only": "decoder only",
                  "scratch": "from scratch"}
 NONE = "—"
+# -- the paper's numbers ----------------------------------------------------------
+VARIANT_LABELS = {"segan": "SegAN", "segan-dice": "SegAN + dice", "segan-cat": "SegAN-CAT"}
+PAPER_TABLE1 = {  # variant -> year -> (dice, precision, sensitivity)
+    "segan": {"2015": (0.705, 0.759, 0.694), "2019": (0.766, 0.745, 0.834)},
+    "segan-dice": {"2015": (0.825, 0.901, 0.785), "2019": (0.814, 0.850, 0.810)},
+    "segan-cat": {"2015": (0.859, 0.882, 0.852), "2019": (0.825, 0.842, 0.835)},
+}
+PAPER_TABLE2 = {"t1": (0.538, 0.542), "t1c": (0.578, 0.587), "t2": (0.721, 0.675),
+                "flair": (0.810, 0.763)}  # dice (2015, 2019)
+# (target, freeze) -> the paper's Table III dice (BraTS 2015, 2019)
+PAPER_TABLE3 = {
+    ("t1", "full"): (0.496, 0.502), ("t1c", "full"): (0.467, 0.468), ("t2", "full"): (0.692, 0.674),
+    ("t1", "s_din"): (0.561, 0.528), ("t1c", "s_din"): (0.577, 0.598), ("t2", "s_din"): (0.781, 0.741),
+}
+TABLE3_FREEZES = ("full", "s_din", "s_only")
+"""full = the paper's (S, D); s_din = (S, Din); s_only = the authors' code's second mode
+("freeze all critic layers"), which no paper column reports."""
 
 
 def modality_label(key: str) -> str:
@@ -31,25 +48,48 @@ def interval(lo: float | None, hi: float | None, signed: bool = False) -> str:
     return "" if lo is None or hi is None else f" [{num(lo, signed)}, {num(hi, signed)}]"
 
 
-def fmt_cell(cell: dict[str, Any] | None) -> str:
-    """``mean [volume CI]``, plus ``; seeds [t-interval]`` when several seeds exist."""
+def fmt_cell(cell: dict[str, Any] | None, digits: int = 3) -> str:
+    """``mean [95% CI]`` (hierarchical over seeds × volumes; volumes only with one seed),
+    plus ``(k inf)`` when HD95 was infinite on k tumour volumes (no predicted voxel)."""
     if not cell:
         return NONE
-    text = num(cell["mean"]) + interval(cell["ci_low"], cell["ci_high"])
-    if cell["n_seeds"] > 1 and cell["seed_ci_low"] is not None:
-        text += f"; seeds{interval(cell['seed_ci_low'], cell['seed_ci_high'])}"
-    return text
+
+    def fmt(x: float | None) -> str:
+        return NONE if x is None else f"{x:.{digits}f}"
+
+    text = fmt(cell["mean"])
+    if cell["ci_low"] is not None and cell["ci_high"] is not None:
+        text += f" [{fmt(cell['ci_low'])}, {fmt(cell['ci_high'])}]"
+    return text + (f" ({cell['n_inf']} inf)" if cell.get("n_inf") else "")
+
+
+def _span(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
 def seeds_text(*cells: dict[str, Any] | None) -> str:
-    n = max((c["n_seeds"] for c in cells if c), default=0)
-    return NONE if n == 0 else "1 seed" if n == 1 else f"{n} seeds"
+    """n of a row's cells: ``3 seeds × 45 vol.`` (tumour volumes per seed), ranges if they differ."""
+    found = [c for c in cells if c]
+    if not found:
+        return NONE
+    seeds = _span([c["n_seeds"] for c in found])
+    vols = [c["n_volumes"] for c in found if c.get("n_volumes") is not None]
+    unit = "seed" if seeds == "1" else "seeds"
+    return f"{seeds} {unit}" + (f" × {_span(vols)} vol." if vols else "")
 
 
 def excluded_text(cell: dict[str, Any] | None) -> str:
-    if not cell or cell["n_excluded"] is None:
+    """Tumour-free volumes per seed and, in brackets, false-positive volume evaluations."""
+    if not cell or cell.get("n_tumour_free") is None:
         return NONE
-    return f"{cell['n_excluded']}/{cell['n_excluded'] + (cell['n_volumes'] or 0)}"
+    return f"{cell['n_tumour_free']} ({cell['n_false_positive'] or 0} FP)"
+
+
+def marked(paired: dict[str, Any] | None) -> bool:
+    """Whether a paired comparison has a verdict (≥ 2 seeds) whose interval excludes 0."""
+    return bool(paired and paired.get("n_seeds", 0) > 1 and paired["ci_low"] is not None
+                and (paired["ci_low"] > 0 or paired["ci_high"] < 0))
 
 
 EVAL_WINDOW_TEXT = f"centre {EVAL_WINDOW}² of each slice, or the whole slice when smaller"
@@ -93,11 +133,21 @@ def report_summary_lines(report_path: Path) -> list[str]:
         paired = [c for c in sec["transfer"]["cells"]
                   if c["paired"] and c["paired"]["mean_diff"] is not None]
         if paired:
-            best = max(paired, key=lambda c: c["paired"]["mean_diff"])
-            p = best["paired"]
-            better = sum(c["paired"]["verdict"] == "transfer better" for c in paired)
-            pair = f"{modality_label(best['source'])}→{modality_label(best['target'])}"
-            lines.append(f"transfer vs scratch{tag}: {better}/{len(paired)} cells better (95% CI "
-                         f"> 0); largest gain {pair} {best['freeze']} {num(p['mean_diff'], True)}"
-                         f"{interval(p['ci_low'], p['ci_high'], True)}")
+            lines.append(f"transfer vs scratch{tag}: {_verdicts_line(paired)}")
     return lines
+
+
+def _verdicts_line(paired: list[dict[str, Any]]) -> str:
+    """How many transfer cells beat scratch, and the largest paired difference."""
+    best = max(paired, key=lambda c: c["paired"]["mean_diff"])
+    p = best["paired"]
+    pair = f"{modality_label(best['source'])}→{modality_label(best['target'])}"
+    largest = (f"largest difference {pair} {best['freeze']} {num(p['mean_diff'], True)}"
+               f"{interval(p['ci_low'], p['ci_high'], True)}")
+    judged = [c["paired"] for c in paired if c["paired"].get("n_seeds", 0) > 1]
+    if not judged:
+        return f"1 seed — no verdicts; {largest}"
+    better = sum(q["verdict"] == "transfer better" for q in judged)
+    holm = sum(bool(q.get("holm")) and q["verdict"] == "transfer better" for q in judged)
+    return (f"{better}/{len(judged)} cells better (95% CI > 0, exploratory; {holm} after Holm); "
+            f"{largest}")

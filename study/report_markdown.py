@@ -9,7 +9,7 @@ from typing import Any
 
 from core.atomic import write_text
 from core.vocabulary import STUDY_METRICS
-from study.report_figures import FIGURE_PATTERNS, draw_figures
+from study.report_figures import FIGURE_PATTERNS, draw_figures, gain_span
 from study.report_format import (
     EVAL_WINDOW_TEXT,
     FREEZE_LABELS,
@@ -18,6 +18,7 @@ from study.report_format import (
     excluded_text,
     fmt_cell,
     interval,
+    marked,
     modality_label,
     num,
     seeds_text,
@@ -72,21 +73,36 @@ def _header_md(report: dict[str, Any]) -> str:
         lines.append(f"- {len(h['runs_without_per_volume'])} finished run(s) have no "
                      "per_volume.json: multi-seed volume CIs and paired comparisons omit them.")
     lines += [f"- {n}" for n in h["notes"]]
-    lines += ["", f"Cells read `mean [CI]`: CI = {s['volume_ci']}. With several seeds the mean is "
-              "the mean over seeds, `[CI]` is over volumes of the seed-averaged values and "
-              f"`seeds [..]` is the {s['seed_ci']}. *Excluded* = volumes with undefined dice "
-              "(empty truth and empty prediction) / volumes evaluated, summed over seeds."]
+    lines += ["", f"Cells read `mean [95% CI]`. **Empty-truth policy**: {s['policy']}. "
+              f"**CI**: {s['cell_ci']}. **n** = seeds × tumour volumes per seed. "
+              "**Tumour-free (FP)** = tumour-free volumes per seed (not in dice-based numbers) "
+              "and, in brackets, the volume evaluations where the model predicted tumour on "
+              "them (false-positive volumes, summed over seeds). HD95 in mm inside the "
+              "evaluation window; `(k inf)` = tumour volumes without a predicted voxel, left out "
+              f"of the HD95 mean. **Verdicts** {s['verdicts']}."]
     return "\n".join(lines)
 
 
 def _excluded_md(sec: dict[str, Any], name: str) -> str:
     e = sec["excluded"][name]
-    return (f"Volumes excluded by the empty-mask rule: {e['n_excluded']} of "
-            f"{e['n_excluded'] + e['n_volumes']} volume evaluations.")
+    text = (f"Volume evaluations: {e['n_tumour']} with tumour; {e['n_tumour_free']} tumour-free "
+            f"(left out of dice-based numbers), with a false-positive prediction on "
+            f"{e['n_false_positive']} of them.")
+    if e["n_excluded"]:
+        text += f" Undefined dice on {e['n_excluded']} tumour volume evaluation(s) (left out)."
+    return text
 
 
 def _section(head: str, table: str, sec: dict[str, Any], name: str) -> str:
     return f"{head}\n\n{table}\n\n{_excluded_md(sec, name)}"
+
+
+METRIC_HEAD = {"dice": "Dice", "precision": "Precision", "sensitivity": "Sensitivity",
+               "specificity": "Specificity", "hd95": "HD95 (mm)"}
+
+
+def _metric_cells(row: dict[str, Any]) -> list[str]:
+    return [fmt_cell(row[m], 1 if m == "hd95" else 3) for m in STUDY_METRICS]
 
 
 def _table1_md(sec: dict[str, Any], title: str) -> str:
@@ -98,11 +114,10 @@ def _table1_md(sec: dict[str, Any], title: str) -> str:
         label = r["label"] + ("" if r["modalities"].count(",") == 3
                               else f" ({modality_label(r['modalities'])})")
         paper = r["paper"] or {}
-        rows.append([label, *(fmt_cell(r[m]) for m in STUDY_METRICS),
-                     seeds_text(r["dice"]), excluded_text(r["dice"]),
+        rows.append([label, *_metric_cells(r), seeds_text(r["dice"]), excluded_text(r["dice"]),
                      _paper(paper.get("2015")), _paper(paper.get("2019"))])
-    table = _table(["Model", "Dice", "Precision", "Sensitivity", "Seeds", "Excluded",
-                    "Paper 2015 (D / P / S)", "Paper 2019 (D / P / S)"], rows)
+    table = _table(["Model", *(METRIC_HEAD[m] for m in STUDY_METRICS), "n",
+                    "Tumour-free (FP)", "Paper 2015 (D / P / S)", "Paper 2019 (D / P / S)"], rows)
     return _section(head, table, sec, "table1")
 
 
@@ -113,7 +128,8 @@ def _table2_md(sec: dict[str, Any], title: str) -> str:
     rows = [[modality_label(r["modality"]), fmt_cell(r["dice"]), seeds_text(r["dice"]),
              excluded_text(r["dice"]), _paper(r["paper"], 0), _paper(r["paper"], 1)]
             for r in sec["table2"]]
-    table = _table(["Modality", "Dice", "Seeds", "Excluded", "Paper 2015", "Paper 2019"], rows)
+    table = _table(["Modality", "Dice", "n", "Tumour-free (FP)", "Paper 2015", "Paper 2019"],
+                   rows)
     return _section(head, table, sec, "table2")
 
 
@@ -130,7 +146,7 @@ def _cross_md(sec: dict[str, Any], title: str, figure: str | None) -> str:
 
     rows = [[modality_label(r)] + [text(r, c) for c in cross["cols"]] for r in cross["rows"]]
     table = _table(["trained on \\ evaluated on", *map(modality_label, cross["cols"])], rows)
-    notes = [f"{seeds_text(*(c['dice'] for c in cross['cells']))} per cell at most.",
+    notes = [f"n = {seeds_text(*(c['dice'] for c in cross['cells']))} per cell.",
              _excluded_md(sec, "cross_modality")]
     if any(c["from"] == "unimodal" for c in cross["cells"]):
         notes.insert(0, "Cells marked \\* come from the unimodal run's own test key "
@@ -147,7 +163,7 @@ def _table3_md(sec: dict[str, Any], title: str) -> str:
              seeds_text(r["full"], r["s_din"], r.get("s_only")),
              _paper(r["paper"]["full"]), _paper(r["paper"]["s_din"])] for r in sec["table3"]]
     table = _table(["Target", "(S, D) = full", "(S, Din) = s_din", "S only = s_only",
-                    "From scratch (same epochs)", "Seeds", "Paper (S, D) 2015 / 2019",
+                    "From scratch (same epochs)", "n", "Paper (S, D) 2015 / 2019",
                     "Paper (S, Din) 2015 / 2019"], rows)
     note = ("`full` reproduces the paper's (S, D) column (segmentor and whole critic transferred "
             "and fine-tuned), `s_din` its (S, Din) column (the critic's input layer transferred); "
@@ -158,35 +174,87 @@ def _table3_md(sec: dict[str, Any], title: str) -> str:
 
 def _transfer_row(c: dict[str, Any]) -> list[str]:
     p, g = c["paired"], c["gain"]
-    gain = num(g["gain"], True) + interval(g["seed_ci_low"], g["seed_ci_high"], True) if g else NONE
     diff = num(p["mean_diff"], True) + interval(p["ci_low"], p["ci_high"], True) if p else NONE
+    holm = NONE if not p or p.get("holm") is None else "holds" if p["holm"] else "no"
     return [f"{modality_label(c['source'])} → {modality_label(c['target'])}",
             FREEZE_LABELS.get(c["freeze"], c["freeze"]), fmt_cell(c["dice"]),
-            fmt_cell(c["scratch"]), gain, diff,
-            f"{p['n_pairs']} ({p['n_excluded']})" if p else NONE,
-            seeds_text(c["dice"]), p["verdict"] if p else "no scratch run with the same seed"]
+            fmt_cell(c["scratch"]), num(g["gain"], True) if g else NONE,
+            diff + " \\*" * marked(p), seeds_text(c["dice"], c["scratch"]),
+            p["verdict"] if p else "no scratch run with the same seed", holm]
+
+
+def _heatmap_caption(cells: list[dict[str, Any]], span: float) -> str:
+    return (f"n = {seeds_text(*(c['dice'] for c in cells))} per cell; \\* = the paired 95% CI "
+            f"excludes 0 (≥ 2 seeds); every gain heatmap of this family shares the colour "
+            f"scale ±{span:.3f}.")
 
 
 def _transfer_md(sec: dict[str, Any], title: str, figures: dict[str, str], region: str,
-                 paired_ci: str) -> str:
+                 stats: dict[str, str]) -> str:
     head = f"## Beyond the paper — every source → target transfer{title}"
     tr = sec["transfer"]
     if not tr["cells"]:
         return f"{head}\n\nNo finished transfer runs."
     parts = [head, "Heatmaps: rows = source modality, columns = target. *Gain* = transfer mean "
-             "dice − scratch mean dice on the same target, same seed, averaged over seeds."]
+             "dice − scratch mean dice on the same target, same seeds (the tables' cell means; "
+             "both on the same tumour volumes, so it equals the paired difference)."]
+    span = gain_span(tr["cells"])
     for freeze in tr["freezes"]:
         dice, gain = (figures.get(f"{region}/transfer_{w}/{freeze}") for w in ("dice", "gain"))
+        cells = [c for c in tr["cells"] if c["freeze"] == freeze]
         parts.append(f"### {FREEZE_LABELS.get(freeze, freeze)}\n\n![dice]({dice}) "
-                     f"![gain over scratch]({gain})")
+                     f"![gain over scratch]({gain})\n\n{_heatmap_caption(cells, span)}")
     table = _table(["Source → target", "Strategy", "Dice", "Scratch dice", "Gain (means)",
-                    "Paired diff [95% CI]", "Pairs (excl.)", "Seeds", "Verdict"],
+                    "Paired diff [95% CI]", "n", "Verdict (exploratory)", "Holm"],
                    [_transfer_row(c) for c in tr["cells"]])
+    n_judged = sum(bool(c["paired"] and c["paired"].get("p_value") is not None)
+                   for c in tr["cells"])
+    judged = (f"{n_judged} cell(s) judged here, so about {0.05 * n_judged:.1f} would exclude 0 "
+              "by chance if no transfer changed anything" if n_judged
+              else "no cell has 2 seeds on both sides here, so there is no verdict")
     parts.append("### Paired comparison with training from scratch\n\nMean per-volume dice "
-                 f"difference transfer − scratch; CI: {paired_ci}, averaged over the seeds both "
-                 f"have. Verdict from whether the CI excludes 0.\n\n{table}")
+                 f"difference transfer − scratch; CI: {stats['paired_ci']}. Verdicts "
+                 f"{stats['verdicts']}: {judged}.\n\n{table}")
     parts.append(_excluded_md(sec, "transfer"))
     return "\n\n".join(parts)
+
+
+def _region_md(report: dict[str, Any]) -> str:
+    rows = report.get("region_table") or []
+    if not rows:
+        return ""
+    body = [[r["region"].upper(), *_metric_cells(r), seeds_text(r["dice"]),
+             excluded_text(r["dice"]), _paper(r["paper"]["2015"], 0) if r["paper"] else NONE,
+             _paper(r["paper"]["2019"], 0) if r["paper"] else NONE] for r in rows]
+    table = _table(["Region", *(METRIC_HEAD[m] for m in STUDY_METRICS), "n", "Tumour-free (FP)",
+                    "Paper dice 2015", "Paper dice 2019"], body)
+    return ("## Regions — multimodal SegAN-CAT per BraTS region\n\n" + table + "\n\nThe "
+            "paper reports the whole tumour (WT) only: its SegAN-CAT WT dice stands beside WT; "
+            "tumour core (TC) and enhancing tumour (ET) have no paper value. ET is absent from "
+            "many low-grade volumes: they are tumour-free for ET and count under Tumour-free.")
+
+
+def _ablations_md(sec: dict[str, Any], title: str) -> str:
+    rows = sec.get("ablations") or []
+    if not rows:
+        return ""
+    body = []
+    for r in rows:
+        p = r["vs_reference"]
+        diff = (num(p["mean_diff"], True) + interval(p["ci_low"], p["ci_high"], True)
+                + " \\*" * marked(p)) if p and p["mean_diff"] is not None else NONE
+        holm = NONE if not p or p.get("holm") is None else "holds" if p["holm"] else "no"
+        body.append([r["l1_mode"], r["dice_weight"], r["critic_input"],
+                     modality_label(r["modalities"]), *_metric_cells(r), seeds_text(r["dice"]),
+                     diff, p["verdict"] if p else "reference", holm])
+    table = _table(["L1 mode", "Dice weight", "Critic input", "Modalities",
+                    *(METRIC_HEAD[m] for m in STUDY_METRICS), "n",
+                    "Δ dice vs global / 1 / concat [95% CI]", "Verdict (exploratory)", "Holm"],
+                   body)
+    return (f"## Ablations — L1 mode × dice weight × critic input{title}\n\n{table}\n\n"
+            "Δ = paired per-volume dice difference against SegAN-CAT as the authors ran it "
+            "(global L1, dice weight 1, concat), same seeds and volumes; \\* = its 95% CI "
+            f"excludes 0 (≥ 2 seeds).\n\n{_excluded_md(sec, 'ablations')}")
 
 
 def _tail_md(report: dict[str, Any]) -> str:
@@ -207,16 +275,17 @@ def _tail_md(report: dict[str, Any]) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The whole ``report.md`` from the report dict (figures already drawn)."""
-    parts = [_header_md(report)]
+    parts = [_header_md(report), _region_md(report)]
     figures = report.get("figures", {})
     for region, sec in report["regions"].items():
         title = "" if region == "wt" else f" — region {region.upper()}"
         parts += [_table1_md(sec, title), _table2_md(sec, title),
                   _cross_md(sec, title, figures.get(f"{region}/cross_modality")),
                   _table3_md(sec, title),
-                  _transfer_md(sec, title, figures, region, report["statistics"]["paired_ci"])]
-    tail = _tail_md(report)
-    return "\n\n".join(parts + ([tail] if tail else [])) + "\n"
+                  _transfer_md(sec, title, figures, region, report["statistics"]),
+                  _ablations_md(sec, title)]
+    parts.append(_tail_md(report))
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path) -> Path:

@@ -18,7 +18,7 @@ from typing import Any
 
 from core import metrics
 from core.atomic import write_text
-from core.checkpoint import load_checkpoint, weights_digest
+from core.checkpoint import load_checkpoint, load_resume_checkpoint, weights_digest
 from core.config import from_dict, merge, unflatten
 from core.device import resolve_device
 from core.evaluation import volumes
@@ -26,6 +26,10 @@ from core.protocol import eval_metric
 from core.trainer import fit
 
 FINAL_KEY = "trial/final"
+HISTORY_KEY = "trial/history"
+"""JSON list of the checkpoint's per-epoch reports (first report of an attempt, and final)."""
+NOTE_KEY = "trial/note"
+"""One line when the trial resumed from a fallback checkpoint (else "")."""
 
 
 def _inject_fault(name: str, patterns: str) -> int:
@@ -63,42 +67,80 @@ def sampled_id(sampled: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(sampled, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _restore_from_tune(out_dir: Path) -> None:
-    """On a Tune retry, bring back ``last.pt`` if the trial directory lost it."""
+def _resume_point(out_dir: Path) -> dict[str, str]:
+    """Make ``last.pt`` a readable resume point before ``fit`` (``load_resume_checkpoint``:
+    fall back to ``last.prev.pt``, Tune's copy on a retry, ``best.pt``, else start over).
+    Returns what the driver needs: the checkpoint's epoch history (it re-logs epochs MLflow
+    lacks) and the one-line note when a fallback was used."""
     from ray import tune
 
+    _hold_trial_folder(out_dir)
+    staged = out_dir / "last.tune.pt"
     ckpt = tune.get_checkpoint()
-    if ckpt is None or (out_dir / "last.pt").exists():
-        return
-    with ckpt.as_directory() as d:
-        if (Path(d) / "last.pt").exists():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(Path(d) / "last.pt", out_dir / "last.pt")
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            if (Path(d) / "last.pt").exists():
+                shutil.copy2(Path(d) / "last.pt", staged)
+    resumed, note = load_resume_checkpoint(out_dir, {"Tune's copy": staged})
+    staged.unlink(missing_ok=True)
+    history = resumed.get("history", []) if resumed else []
+    return {HISTORY_KEY: json.dumps(history), NOTE_KEY: note}
 
 
-def _report_epoch(report: dict[str, Any]) -> None:
+_HELD: list[Any] = []
+"""The open lock file of the trial this process runs (one at a time: actors are reused)."""
+
+
+def _hold_trial_folder(out_dir: Path, wait_s: float = 120.0) -> None:
+    """Hold ``out_dir`` while this process trains in it. A worker orphaned by a killed
+    driver writes on for a few seconds: wait for it (the OS drops a dead holder's lock)."""
+    import fcntl
+    import time
+
+    while _HELD:
+        _HELD.pop().close()
+    handle = open(out_dir / ".trial.lock", "a")  # noqa: SIM115 - held until the next trial
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                raise RuntimeError(f"trial folder {out_dir} is still in use by another process "
+                                   f"after {wait_s:g} s") from None
+            time.sleep(0.2)
+    _HELD.append(handle)
+
+
+def _epoch_reporter(first: dict[str, str]) -> Callable[[dict[str, Any]], None]:
+    """``_report_epoch``; the first report also carries ``first`` (``_resume_point``)."""
+    pending = [first]
+
+    def report(epoch_report: dict[str, Any]) -> None:
+        _report_epoch(epoch_report, pending.pop() if pending else None)
+
+    return report
+
+
+def _report_epoch(report: dict[str, Any], extra: dict[str, str] | None = None) -> None:
     """Trainer callback: the epoch's numbers to Tune, with core's ``last.pt`` as checkpoint."""
     from ray import tune
 
-    numbers = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+    numbers: dict[str, Any] = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+    numbers.update(extra or {})
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy2(report["checkpoint"], Path(tmp) / "last.pt")
         tune.report(numbers, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def eval_summary(split: str, key: str, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The logged summary of one evaluation set: mean and 95% CI per study metric over the
-    per-volume ``rows``, plus the dice's volume counts (``eval/<split>/<key>/…``)."""
-    out: dict[str, float] = {}
-    for name in metrics.METRICS:
-        s = metrics.summarize([r[name] for r in rows])
-        out.update({eval_metric(split, key, name): s.mean,
-                    eval_metric(split, key, f"{name}_ci_low"): s.ci_low,
-                    eval_metric(split, key, f"{name}_ci_high"): s.ci_high})
-        if name == "dice":
-            out[eval_metric(split, key, "n_volumes")] = s.n
-            out[eval_metric(split, key, "n_excluded")] = s.n_excluded
-    return out
+    """The logged summary of one evaluation set (``eval/<split>/<key>/…``): mean and 95% CI
+    per study metric (HD95 included) over the per-volume ``rows`` under the empty-truth
+    policy, with volume counts (``core.metrics.policy_summary``)."""
+    return {eval_metric(split, key, name): value
+            for name, value in metrics.policy_summary(rows).items()}
 
 
 def eval_metrics(state: dict[str, Any], store: str, eval_sets: list[str], split: str,
@@ -143,8 +185,9 @@ def run_trial(config: dict[str, Any]) -> None:
     if cell["kind"] == "evaluate":
         state = load_checkpoint(cell["source_checkpoint"])
     else:
-        _restore_from_tune(out_dir)
-        result = fit(cfg, out_dir, callback=_fail_once_after(fail_after, out_dir, _report_epoch),
+        resume = _resume_point(out_dir)
+        result = fit(cfg, out_dir, callback=_fail_once_after(fail_after, out_dir,
+                                                             _epoch_reporter(resume)),
                      provenance={"budget": cell.get("budget", ""), "cell": cell["name"],
                                  "trial_id": cell["trial_id"]})
         state = load_checkpoint(result.best_path)
@@ -155,6 +198,7 @@ def run_trial(config: dict[str, Any]) -> None:
         final["tags"] = {"best_checkpoint": str(result.best_path), "stopped": result.stopped,
                          "init_digest": result.init_digest,
                          "best_digest": weights_digest(state["segmentor"], state["critic"])}
+        final.update({HISTORY_KEY: json.dumps(result.history), NOTE_KEY: resume[NOTE_KEY]})
     test, rows = eval_metrics(state, cfg.data.store, list(cell["eval_modalities"]),
                               cell["eval_split"], cfg.train.device)
     final.update(test)

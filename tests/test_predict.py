@@ -173,3 +173,67 @@ def test_cli_predict_batch_then_evaluate(ckpt: tuple[Path, dict[str, Any]], tmp_
     rc = run_study.main(["predict", "--checkpoint", str(ckpt[0]), "--input",
                          str(SAMPLES / "brats2018"), "--out", str(tmp_path / "one.nii.gz")])
     assert rc == 2 and "must be a folder" in capsys.readouterr().err
+
+
+def _study_with_cell(study: Path, checkpoint: Path) -> tuple[str, str, str]:
+    """A study folder as a run leaves it: study.json, trials/<id>/cell.json + best.pt, and the
+    cell's MLflow run (SQLite in the folder). Returns (tracking URI, cell name, run id)."""
+    from mlflow.tracking import MlflowClient
+
+    trial = study / "trials" / "0123456789ab"
+    trial.mkdir(parents=True)
+    shutil.copy(checkpoint, trial / "best.pt")
+    name = "models/segan-cat/flair+t1+t1c+t2/wt/seed0"
+    (trial / "cell.json").write_text(json.dumps(
+        {"name": name, "trial_id": "0123456789ab", "kind": "train", "config": {}}))
+    uri = f"sqlite:///{(study / 'mlflow.db').as_posix()}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("study-x", artifact_location=(study / "art").as_uri())
+    run = client.create_run(exp, tags={"role": "trial", "trial_id": "0123456789ab",
+                                       "best_checkpoint": str(trial / "best.pt")})
+    (study / "study.json").write_text(json.dumps({"tracking_uri": uri, "experiment": "study-x"}))
+    return uri, name, run.info.run_id
+
+
+def test_predict_and_evaluate_find_runs_through_the_study_or_the_environment(
+        ckpt: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    import run_study
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    study = tmp_path / "study"
+    uri, name, run_id = _study_with_cell(study, ckpt[0])
+    case = ["--input", str(CASES["2018"]), "--device", "cpu"]
+    ways = {"cell": ["--study", str(study), "--cell", name],
+            "cell_part": ["--study", str(study), "--cell", "flair+t1+t1c+t2"],
+            "run_study": ["--study", str(study), "--run-id", run_id]}
+    for way, args in ways.items():
+        assert run_study.main(["predict", *args, *case, "--out", str(tmp_path / f"{way}.nii.gz")]) == 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert run_study.main(["predict", "--run-id", run_id, *case, "--out", str(tmp_path / "env.nii.gz")]) == 0
+    masks = [np.asarray(nib.load(str(tmp_path / f"{w}.nii.gz")).dataobj) for w in [*ways, "env"]]
+    for mask in masks[1:]:
+        np.testing.assert_array_equal(mask, masks[0])
+    capsys.readouterr()
+    # evaluate records its result in the cell's run
+    truth = CASES["2018"] / "Brats18_CBICA_ABM_1_seg.nii.gz"
+    assert run_study.main(["evaluate", "--pred", str(tmp_path / "cell.nii.gz"), "--truth",
+                           str(truth), "--json", "--study", str(study), "--cell", name]) == 0
+    result = json.loads(capsys.readouterr().out)
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.metrics["original_grid/wt/dice"] == pytest.approx(result["dice"])
+    assert "original_grid/wt.json" in {a.path for a in MlflowClient(uri).list_artifacts(
+        run_id, "original_grid")}
+    # no store named anywhere, a cell without its study, a study without a run: one line each
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    errors = {"which MLflow store": ["predict", "--run-id", run_id, *case, "--out", "x.nii.gz"],
+              "--cell needs --study": ["predict", "--cell", name, *case, "--out", "x.nii.gz"],
+              "add --run-id RUN or --cell NAME": ["evaluate", "--pred", str(truth), "--truth",
+                                                 str(truth), "--study", str(study)],
+              "no cell named 'models/nope'": ["predict", "--study", str(study), "--cell",
+                                              "models/nope", *case, "--out", "x.nii.gz"]}
+    for message, argv in errors.items():
+        assert run_study.main(argv) == 2
+        assert message in capsys.readouterr().err

@@ -14,8 +14,10 @@ Reading a volume as a mask of ``region`` (the same rule for prediction and truth
   and file name (``infer_release``: 3 and 4 → 2015, 4 → 2017–2021, 3 alone → 2023 or
   2015 by the file's naming, else an error asking for the release).
 
-Folder summaries: mean over cases with a 95% bootstrap CI (``core.metrics.summarize``);
-NaN and inf values are left out of the mean and counted separately (``n_nan``, ``n_inf``).
+Folder summaries: mean over cases with a 95% bootstrap CI (``core.metrics.summarize``)
+under the study's empty-truth policy (``core.metrics``: tumour-free cases count for
+specificity only, and are counted apart with their false positives); NaN and inf values
+are left out of the mean and counted separately (``n_nan``, ``n_inf``).
 """
 
 from __future__ import annotations
@@ -270,16 +272,19 @@ def evaluate_folders(
         "region": region,
         "cases": rows,
         "summary": summarize_rows(rows),
+        "tumour_free": dict(zip(("cases", "false_positive"), metrics.tumour_free(rows), strict=True)),
         "pred_only": sorted(set(preds) - set(truths)),
         "truth_only": sorted(set(truths) - set(preds)),
     }
 
 
 def summarize_rows(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Per metric: mean ± 95% bootstrap CI over finite values; NaN and inf counted apart."""
+    """Per metric: mean ± 95% bootstrap CI over finite values under the study's empty-truth
+    policy (``core.metrics``: tumour-free cases count for specificity only); NaN (which
+    includes tumour-free cases) and inf counted apart."""
     out: dict[str, dict[str, Any]] = {}
     for name in METRIC_NAMES:
-        values = np.array([r[name] for r in rows], dtype=float)
+        values = metrics.policy_values(rows, name)
         summary = metrics.summarize(values, seed=seed).as_dict()
         summary["n_nan"] = int(np.isnan(values).sum())
         summary["n_inf"] = int(np.isinf(values).sum())

@@ -124,11 +124,13 @@ def evaluate_volumes_modes(
 
 
 def mean_metrics(results: list[VolumeResult]) -> dict[str, float]:
-    """Mean over volumes of each voxel-count metric (NaNs excluded) + excluded counts
-    (validation: every volume, the trainer's selection rule; not the report's policy)."""
+    """Mean over volumes of each voxel-count metric under the empty-truth policy of every
+    summary (``core.metrics``: tumour volumes only, specificity over all; validation and
+    checkpoint selection included) + the count of volumes left out of each mean."""
     out: dict[str, float] = {}
-    for name, fn in metrics.METRICS.items():
-        values = np.array([fn(r.counts) for r in results], dtype=float)
+    rows = [r.row() for r in results]
+    for name in metrics.METRICS:
+        values = metrics.policy_values(rows, name)
         finite = values[np.isfinite(values)]
         out[name] = float(finite.mean()) if finite.size else float("nan")
         out[f"{name}_excluded"] = float(values.size - finite.size)
