@@ -96,6 +96,42 @@ def check_space(grid: Grid) -> dict[str, Any]:
     return build_space(raw)
 
 
+def sample_count(grid: Grid, requested: int | None = None) -> int:
+    """Optuna samples of a search: ``--num-samples``, else the grid's ``search.num_samples``."""
+    return int(requested or grid.search.get("num_samples", 8))
+
+
+def asha_epochs(spec: Any) -> tuple[int, int]:
+    """(max_t, grace period) of ASHA for the base cell, in epochs. max_t is one past the last
+    epoch: a sample that survives every rung ends on its own and logs its evaluation
+    metrics, instead of being cut by the scheduler at its last report."""
+    max_epochs = int(spec.config["train"]["max_epochs"])
+    return max_epochs + 1, max(1, max_epochs // 4)
+
+
+def _range_text(spec: dict[str, Any]) -> str:
+    if spec.get("type") == "choice":
+        return "{" + ", ".join(map(str, spec["values"])) + "}"
+    return f"[{spec['low']}, {spec['high']}]"
+
+
+def describe_space(grid: Grid, requested: int | None = None) -> list[str]:
+    """The search space after ``check_space`` (a bad one raises ConfigError) as lines:
+    parameter, distribution, range; then the sample count and the ASHA rungs."""
+    check_space(grid)
+    raw = grid.search["space"]
+    width = max(len("parameter"), *map(len, raw))
+    lines = [f"search space ({len(raw)} parameters, each bound and choice checked against "
+             f"the base cell {grid.trials[0].name}):",
+             f"  {'parameter':<{width}}  {'distribution':<12}  range"]
+    lines += [f"  {key:<{width}}  {spec['type']:<12}  {_range_text(spec)}"
+              for key, spec in raw.items()]
+    max_t, grace = asha_epochs(grid.trials[0])
+    lines.append(f"samples: {sample_count(grid, requested)} (Optuna TPE, maximising {SCORE}); "
+                 f"ASHA stops weak samples from epoch {grace} (max_t {max_t}, reduction factor 2)")
+    return lines
+
+
 def run_hpo(session: Any) -> int:
     """Run the remaining Optuna samples of ``session.grid`` (a ``study.session.StudySession``)."""
     import optuna
@@ -111,7 +147,7 @@ def run_hpo(session: Any) -> int:
     grid, tracker, runner = session.grid, session.tracker, session.runner
     spec = grid.trials[0]
     space = check_space(grid)
-    wanted = int(session.options.num_samples or grid.search.get("num_samples", 8))
+    wanted = sample_count(grid, session.options.num_samples)
     with parent_run(session) as parent:
         points, rewards = previous_samples(tracker, spec.family, list(space))
         remaining = max(0, wanted - len(points))
@@ -131,11 +167,9 @@ def run_hpo(session: Any) -> int:
                 metric=SCORE, mode="max", seed=int(spec.tags["seed"]),
                 points_to_evaluate=[{f"sampled/{k}": v for k, v in p.items()} for p in points] or None,
                 evaluated_rewards=rewards or None)
-            max_t = int(spec.config["train"]["max_epochs"])
-            # max_t past the last epoch: a sample that survives every rung ends on its own and
-            # logs its evaluation metrics, instead of being cut by the scheduler at the last report
-            scheduler = ASHAScheduler(time_attr="epoch", metric=SCORE, mode="max", max_t=max_t + 1,
-                                      grace_period=max(1, max_t // 4), reduction_factor=2)
+            max_t, grace = asha_epochs(spec)
+            scheduler = ASHAScheduler(time_attr="epoch", metric=SCORE, mode="max", max_t=max_t,
+                                      grace_period=grace, reduction_factor=2)
             runner.launch("hpo", {"trial": runner.cell(spec, "", None), "sampled": space},
                           StudyCallback(tracker, remaining, 0, 1, open_run=open_run),
                           search_alg=searcher, scheduler=scheduler, num_samples=remaining)

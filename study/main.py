@@ -129,6 +129,10 @@ def run_study_command(args: argparse.Namespace) -> int:
     grid = _expand(options, store, manifest)  # fails on bad grids before anything starts
     if args.dry_run:
         print_plan(grid)
+        if grid.search:
+            from study.hpo import describe_space
+
+            print("\n" + "\n".join(describe_space(grid, options.num_samples)))
         return 0
     preflight(grid, store)
     if grid.search:

@@ -29,6 +29,18 @@ def _client(uri: str) -> Any:
     return MlflowClient(uri)
 
 
+def metric_history(uri: str) -> Any:
+    """A reader ``(run_id, key) -> {step: value}`` of logged metric histories (the latest
+    value per step), over one client."""
+    client = _client(uri)
+
+    def read(run_id: str, key: str) -> dict[int, float]:
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        return {int(m.step): float(m.value) for m in history}
+
+    return read
+
+
 def _experiment_id(client: Any, experiment: str, uri: str) -> str:
     try:
         exp = client.get_experiment_by_name(experiment)

@@ -4,7 +4,8 @@ matrix, source×target transfer heatmaps, and paired transfer-vs-scratch compari
 ``write_report`` reads every run of one experiment (parent runs ``role=study``,
 child runs ``role=trial``; schema in ``study/tracking.py`` and ``study/runner.py``)
 and writes ``report.md``, ``report.json`` (every number in the tables, keyed so it
-can be checked against MLflow) and PNG heatmaps (``study/report_markdown.py``, ``study/report_figures.py``).
+can be checked against MLflow) and PNG figures (``report_markdown.py``, ``report_figures.py``,
+``report_plots.py``; their series — per-volume dice, learning curves — ``report_series.py``).
 
 Statistics (helpers from ``core.metrics``, none re-implemented here):
 - Empty-truth policy (``core.metrics``): dice, precision, sensitivity and HD95 — cell
@@ -48,6 +49,7 @@ from study.report_format import (
     report_summary_lines,
 )
 from study.report_markdown import write_outputs
+from study.report_series import figure_series
 from study.report_stats import (
     STATISTICS,
     PerVolume,
@@ -185,9 +187,11 @@ class Sections:
     def build(self) -> dict[str, Any]:
         transfers = self.transfers()
         flair_targets = {c["target"] for c in transfers["cells"] if c["source"] == "flair"}
-        out = {"table1": self.table1(), "table2": self.table2(),
+        table2 = self.table2()
+        unimodal = {row["modality"]: row["dice"] for row in table2}
+        out = {"table1": self.table1(), "table2": table2,
                "cross_modality": self.cross_modality(),
-               "table3": [_table3_row(t, transfers) for t in ("t1", "t1c", "t2")
+               "table3": [_table3_row(t, transfers, unimodal) for t in ("t1", "t1c", "t2")
                           if t in flair_targets],
                "transfer": transfers, "ablations": self.ablations()}
         out["excluded"] = {name: _excluded(name, out[name]) for name in out}
@@ -221,10 +225,14 @@ def _holm(paired: list[dict[str, Any] | None]) -> None:
         p["holm"] = rejected
 
 
-def _table3_row(target: str, transfers: dict[str, Any]) -> dict[str, Any]:
+def _table3_row(target: str, transfers: dict[str, Any],
+                unimodal: dict[str, Any]) -> dict[str, Any]:
+    """One target of Table III: each strategy, the same-budget scratch control, the
+    target's full-budget unimodal model (the paper's comparison) and the paper's values."""
     cells = {c["freeze"]: c["dice"] for c in transfers["cells"]
              if c["source"] == "flair" and c["target"] == target}
     return {"target": target, "scratch": transfers["scratch"].get(target),
+            "unimodal": unimodal.get(target),
             **{f: cells.get(f) for f in TABLE3_FREEZES},
             "paper": {f: PAPER_TABLE3.get((target, f)) for f in TABLE3_FREEZES}}
 
@@ -236,7 +244,7 @@ def _dice_cells(name: str, section: Any) -> list[dict[str, Any] | None]:
     if name == "cross_modality":
         return [c["dice"] for c in section["cells"]]
     if name == "table3":
-        return [row[k] for row in section for k in (*TABLE3_FREEZES, "scratch")]
+        return [row[k] for row in section for k in (*TABLE3_FREEZES, "scratch", "unimodal")]
     return [c["dice"] for c in section["cells"]] + list(section["scratch"].values())
 
 
@@ -339,6 +347,7 @@ def build_report(tracking_uri: str, experiment: str,
         "produced_by": {"code_version": code_version(),
                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
     report["region_table"] = _region_table(report["regions"])
+    report.update(figure_series(tracking_uri, runs, vols))  # per-volume dice, learning curves
     report["header"]["runs_without_per_volume"] = sorted(vols.missing)
     return _clean(report)
 

@@ -23,6 +23,7 @@ from study.report_format import (
     num,
     seeds_text,
 )
+from study.report_plots import PLOT_PATTERNS, draw_plots, plots_md
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -159,16 +160,19 @@ def _table3_md(sec: dict[str, Any], title: str) -> str:
     if not sec["table3"]:
         return f"{head}\n\nNo finished transfers from FLAIR."
     rows = [[modality_label(r["target"]), fmt_cell(r["full"]), fmt_cell(r["s_din"]),
-             fmt_cell(r.get("s_only")), fmt_cell(r["scratch"]),
+             fmt_cell(r.get("s_only")), fmt_cell(r["scratch"]), fmt_cell(r.get("unimodal")),
              seeds_text(r["full"], r["s_din"], r.get("s_only")),
              _paper(r["paper"]["full"]), _paper(r["paper"]["s_din"])] for r in sec["table3"]]
     table = _table(["Target", "(S, D) = full", "(S, Din) = s_din", "S only = s_only",
-                    "From scratch (same epochs)", "n", "Paper (S, D) 2015 / 2019",
+                    "From scratch (same epochs)", "Unimodal (full budget)", "n",
+                    "Paper (S, D) 2015 / 2019",
                     "Paper (S, Din) 2015 / 2019"], rows)
     note = ("`full` reproduces the paper's (S, D) column (segmentor and whole critic transferred "
             "and fine-tuned), `s_din` its (S, Din) column (the critic's input layer transferred); "
             "`s_only` is the authors' code's \"freeze all critic layers\" mode, which no paper "
-            "column reports.")
+            "column reports. Two controls: a model trained from scratch with the transfers' "
+            "epoch budget (the fair one), and the target's unimodal model trained with the full "
+            "budget (Table II; what the paper compared its transfers with).")
     return _section(head, f"{table}\n\n{note}", sec, "table3")
 
 
@@ -199,6 +203,12 @@ def _transfer_md(sec: dict[str, Any], title: str, figures: dict[str, str], regio
              "dice − scratch mean dice on the same target, same seeds (the tables' cell means; "
              "both on the same tumour volumes, so it equals the paired difference)."]
     span = gain_span(tr["cells"])
+    combined = figures.get(f"{region}/transfer_gains")
+    if combined:
+        parts.append(f"![every gain heatmap]({combined})\n\nEvery strategy's gain heatmap "
+                     "side by side (left to right: "
+                     + ", ".join(FREEZE_LABELS.get(f, f) for f in tr["freezes"]) + "); "
+                     + _heatmap_caption(tr["cells"], span))
     for freeze in tr["freezes"]:
         dice, gain = (figures.get(f"{region}/transfer_{w}/{freeze}") for w in ("dice", "gain"))
         cells = [c for c in tr["cells"] if c["freeze"] == freeze]
@@ -284,7 +294,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   _table3_md(sec, title),
                   _transfer_md(sec, title, figures, region, report["statistics"]),
                   _ablations_md(sec, title)]
-    parts.append(_tail_md(report))
+    parts += [plots_md(report), _tail_md(report)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -292,9 +302,9 @@ def write_outputs(report: dict[str, Any], out_dir: Path) -> Path:
     """Heatmaps, then ``report.json``, then ``report.md`` (its path is returned)."""
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    report["figures"] = draw_figures(report, out_dir)
+    report["figures"] = {**draw_figures(report, out_dir), **draw_plots(report, out_dir)}
     keep = {out_dir / name for name in report["figures"].values()}
-    for pattern in FIGURE_PATTERNS:  # heatmaps of an earlier report that this one lacks
+    for pattern in (*FIGURE_PATTERNS, *PLOT_PATTERNS):  # figures of an earlier report only
         for stale in set(out_dir.glob(pattern)) - keep:
             stale.unlink()
     write_text(out_dir / "report.json", json.dumps(report, indent=2))

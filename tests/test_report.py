@@ -294,6 +294,9 @@ def test_table3_with_paper_values(study: dict) -> None:
     assert t3["t1"]["scratch"]["mean"] == logged(study, "scratch")["eval/test/t1/dice"]
     assert t3["t2"]["paper"]["s_din"] == [0.781, 0.741] and t3["t2"]["full"] is None
     assert "0.781 / 0.741" in study["md"]
+    # the paper's control too: the target's full-budget unimodal model (Table II's cell)
+    assert t3["t1"]["unimodal"]["mean"] == pytest.approx(np.mean([0.4, 0.5, 0.45, 0.55]))
+    assert t3["t2"]["unimodal"] is None and "Unimodal (full budget)" in study["md"]
 
 
 def test_summary_lines(study: dict) -> None:
@@ -325,7 +328,7 @@ def test_sparse_and_empty_studies(study: dict, tmp_path: Path) -> None:
                  "No finished cross-modality evaluation runs.",
                  "No finished transfers from FLAIR."):
         assert line in md
-    assert not list((tmp_path / "a").glob("*.png"))
+    assert not [p for p in (tmp_path / "a").glob("*.png") if not p.name.startswith("volumes_")]
     store.experiment("empty")
     md = write_report(store.uri, "empty", tmp_path / "b").read_text()
     assert "No finished multimodal training runs." in md

@@ -20,6 +20,7 @@ from core.data.prepare import DEFAULT_TEST_FRACTION, prepare
 from core.data.preprocess import PreprocessParams
 from core.data.store import BratsStore
 from core.errors import UserError
+from core.help_format import DefaultsFormatter
 
 
 def _crop_arg(text: str) -> tuple[int, int, int]:
@@ -97,7 +98,7 @@ def register(subparsers: Any) -> None:
         "NIfTI naming), centre-crop, clip to percentiles, scale to [0, 1] and write a zarr "
         "store with a stratified split. Bad cases are reported and skipped (--strict: "
         "fatal); an unchanged input is not prepared twice.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--brats-root", required=True, help="folder holding BraTS cases (any nesting)")
     p.add_argument("--out", required=True, help="store path to write, e.g. data/brats19.zarr")
@@ -121,7 +122,7 @@ def register(subparsers: Any) -> None:
         "--workers",
         type=int,
         default=max(1, min(4, os.cpu_count() or 1)),
-        help="parallel processes",
+        help="parallel processes (default: min(4, CPUs))",
     )
     p.add_argument(
         "--grades", default=None, help="CSV with a 'Grade' column (e.g. name_mapping.csv)"
@@ -130,7 +131,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     p.set_defaults(func=_prepare_cmd)
 
-    q = subparsers.add_parser("inspect", help="summarise a prepared store")
+    q = subparsers.add_parser("inspect", help="summarise a prepared store",
+                              description="Summarise a prepared store: manifest, splits and one "
+                              "row per case.", formatter_class=DefaultsFormatter)
     q.add_argument("store", help="store path or fsspec URL")
     q.add_argument("--json", action="store_true", help="print the full manifest as JSON")
     q.set_defaults(func=_inspect_cmd)
