@@ -44,3 +44,16 @@ def write_text(target: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+def keep_previous(target: str | os.PathLike[str], previous: str | os.PathLike[str]) -> None:
+    """Make ``previous`` a whole copy of ``target`` as it is now (nothing if it does not
+    exist), in one rename: a hard link when the filesystem allows it, else a copy."""
+    target, previous = Path(target), Path(previous)
+    if not target.is_file():
+        return
+    with atomic_path(previous) as tmp:
+        try:
+            os.link(target, tmp)
+        except OSError:
+            shutil.copyfile(target, tmp)

@@ -24,6 +24,7 @@ from core.averaging import WeightAverage
 from core.checkpoint import (
     load_checkpoint,
     load_matching,
+    load_resume_checkpoint,
     save_checkpoint,
     weights_digest,
 )
@@ -258,8 +259,8 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
     configure_backends(device)
     seed_everything(cfg.train.seed)
     state = build_state(cfg, device)
-    if resume and last_path.exists():
-        restore_state(state, load_checkpoint(last_path))
+    if resume and (resumed := load_resume_checkpoint(out)[0]) is not None:
+        restore_state(state, resumed)  # last.pt, else the newest readable fallback
     extra = {**store_facts(cfg.data.store), "provenance": dict(provenance or {})}
     data = cfg.data
     source = data_source or store_data(cfg)

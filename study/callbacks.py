@@ -95,7 +95,8 @@ class StudyCallback(Callback):
         self.tracker.log_metrics(run_id, metrics, step=int(result.get("train/epochs", 0)))
         self.tracker.set_tags(run_id, json.loads(result.get("tags") or "{}"))
         self.tracker.log_json(run_id, strict_json(json.loads(result["per_volume"])), "per_volume.json")
-        record_dataset(self.tracker, run_id, cell)
+        if not self.tracker.outage.down:  # a direct call: no ~30 s wait per trial
+            record_dataset(self.tracker, run_id, cell)
         # "best so far" ranks by the cell's own validation dice, never by the evaluation split
         val = result.get("val/best_dice")
         if isinstance(val, (int, float)) and cell.get("kind") != "evaluate" and val > self.best[0]:

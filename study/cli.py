@@ -50,6 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     p.add_argument("--wait", action="store_true",
                    help="if another invocation holds the study folder, wait for it instead of failing")
+    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="with --address: fail with one line if the cluster does not answer in time")
+    p.add_argument("--tracking-wait", type=float, default=600.0, metavar="SECONDS",
+                   help="how long to wait for an unavailable MLflow store where the study needs it "
+                   "(start of a stage, the end); tracking writes are journaled meanwhile")
     p.set_defaults(func=_study)
 
     r = subcommand(sub, "report", "write report.md and heatmaps from a study's MLflow runs",

@@ -206,5 +206,8 @@ def _write_report(uri: str, experiment: str, study_dir: Path, grid: Grid | None 
 def report_command(args: argparse.Namespace) -> int:
     study_dir = args.study.resolve()
     uri, experiment = study_tracking(study_dir, args.tracking_uri, args.experiment)
+    from study.session import replay_journal
+
+    replay_journal(study_dir, uri, experiment)  # writes an interrupted invocation left behind
     _write_report(uri, experiment, study_dir)
     return 0

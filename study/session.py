@@ -20,8 +20,9 @@ from typing import Any
 from core.atomic import write_text
 from core.errors import UserError
 from study.grids import Grid
-from study.runner import Resources, StudyRunner
-from study.tracking import Tracker
+from study.journal import JOURNAL_NAME
+from study.runner import CONNECT_TIMEOUT_S, Resources, StudyRunner
+from study.tracking import WAIT_S, Tracker
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class StudyOptions:
     """Wait for another invocation holding the study folder instead of failing."""
     argv: tuple[str, ...] = ()
     """The command line as typed (the printed resume command repeats it)."""
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    """Seconds to join the cluster named by ``address`` before failing with one line."""
+    tracking_wait: float = WAIT_S
+    """Seconds to wait for an unanswering MLflow store where the study needs it (the start
+    of a stage, the end); writes meanwhile go to the study's tracking journal."""
 
     @classmethod
     def from_args(cls, args: Any) -> StudyOptions:
@@ -66,7 +72,10 @@ class StudyOptions:
             resources=Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
                                 args.max_failures, args.inject_failure),
             num_samples=args.num_samples, report=not args.no_report, wait=args.wait,
-            argv=tuple(getattr(args, "argv", ()) or ()))
+            argv=tuple(getattr(args, "argv", ()) or ()),
+            connect_timeout=float(getattr(args, "connect_timeout", None) or CONNECT_TIMEOUT_S),
+            tracking_wait=float(getattr(args, "tracking_wait", None)
+                                or os.environ.get("SEGAN_TRACKING_WAIT") or WAIT_S))
 
     def resume_command(self) -> str:
         """The command that continues this study: the same flags (cell identity hashes them)."""
@@ -118,7 +127,8 @@ class StudySession:
     """The open lock file: held until ``close`` (the OS releases it if the process dies)."""
 
     def close(self) -> None:
-        """Release the study folder for the next invocation."""
+        """Deliver the tracking journal (briefly), then release the study folder."""
+        self.tracker.close(wait_s=0.0 if self.tracker.outage.down else 30.0)
         if self.lock is not None:
             self.lock.close()
             self.lock = None
@@ -131,7 +141,7 @@ def open_session(options: StudyOptions, grid: Grid, store: str,
     from study.runner import cluster_gpus, decide_gpus, init_ray, print_dashboard
     from study.tracking import default_tracking_uri
 
-    print_dashboard(init_ray(options.address))
+    print_dashboard(init_ray(options.address, connect_timeout=options.connect_timeout))
     decide_gpus(options.resources.gpus_per_trial, cluster_gpus())  # refuse before any file
     study_dir = (options.study_dir or Path("studies") / grid.name).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +149,10 @@ def open_session(options: StudyOptions, grid: Grid, store: str,
     uri = options.tracking_uri or default_tracking_uri(study_dir)
     experiment = options.experiment or f"study-{grid.name}"
     tracker = Tracker(uri, experiment,
-                      artifact_root=study_dir / "mlartifacts" if uri.startswith("sqlite") else None)
+                      artifact_root=study_dir / "mlartifacts" if uri.startswith("sqlite") else None,
+                      journal=study_dir / JOURNAL_NAME, wait_s=options.tracking_wait)
+    if uri != default_tracking_uri(study_dir):  # a shared store: one folder per experiment
+        tracker.claim_study_dir(study_dir)
     write_text(study_dir / "study.json", json.dumps(
         {"tracking_uri": uri, "experiment": experiment, "grid": grid.name, "budget": grid.budget,
          "data": store, "store_id": manifest["store_id"]}, indent=2))
@@ -186,14 +199,33 @@ def lock_study(study_dir: Path, wait: bool) -> Any:
     return handle
 
 
+def replay_journal(study_dir: Path, uri: str, experiment: str) -> None:
+    """Deliver what an earlier invocation journaled but could not send (``report`` calls
+    this before reading MLflow). Skipped while an invocation holds the folder: it owns the
+    journal and delivers it itself."""
+    if not (study_dir / JOURNAL_NAME).exists():
+        return
+    try:
+        lock = lock_study(study_dir, wait=False)
+    except UserError:
+        return
+    try:
+        Tracker(uri, experiment, journal=study_dir / JOURNAL_NAME, wait_s=30.0).close(wait_s=0.0)
+    finally:
+        lock.close()
+
+
 @contextmanager
 def parent_run(session: StudySession) -> Iterator[dict[str, Any]]:
     """Ends the invocation's parent run whatever happens; the body fills ``status`` and the
     summary. If the body raises, the parent and every run still RUNNING end FAILED."""
     outcome: dict[str, Any] = {"status": "FAILED", "summary": {"trials": len(session.grid.trials)}}
+    tracker = session.tracker
     try:
         yield outcome
-    finally:
+    finally:  # journaled writes only: they cannot fail, even with the store down
         if outcome["status"] == "FAILED":  # the driver itself failed: leave no run RUNNING
-            session.tracker.close_running("FAILED", "the study driver failed")
-        session.tracker.end_parent(outcome["status"], outcome["summary"])
+            tracker.close_open("FAILED", "the study driver failed")
+        tracker.end_parent(outcome["status"], outcome["summary"])
+    # the report reads MLflow: everything journaled must be there first (bounded wait)
+    tracker.sync(tracker.wait_s, "delivering the study's last entries")

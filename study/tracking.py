@@ -4,26 +4,44 @@ child run per grid cell, keyed by the trial's identity hash.
 Only the driver process talks to MLflow (trials report to Ray Tune; a Tune
 callback forwards to this module), so a SQLite store never sees two writers and
 cluster workers need no tracking credentials.
+
+Writes (metrics, tags, statuses, JSON) go through ``study.journal``: journaled first,
+delivered in order, kept and retried while the store does not answer (the study goes
+on), replayed idempotently later. Reads and run creation wait for the store, bounded
+by ``wait_s``. Metrics are never logged twice for one (run, key, step).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from core.config import flatten
 from core.errors import UserError
+from study.journal import Journal, Outage, first_line
 
-# A dead server must not hang the study for minutes per call (stack-notes).
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+# A dead or hung server must not hold the driver for minutes per call: ~33 s at most
+# (10 s timeout, 2 retries); the journal takes over after that.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 # No phoning home from a study (the machines may have no internet at all).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Ending a run on a server would print two "View run" lines (and cost a call) per run.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
+T = TypeVar("T")
+WAIT_S = 600.0
+"""Default bound on waiting for the store where the study cannot go on without it."""
+PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+             "BAD_REQUEST", "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+"""MLflow error codes that no retry fixes (the entry is dropped with one line)."""
+ENDING_TAGS = ("closed_because", "skipped_reason", "error", "stopped_by")
+"""Tags saying how a run last ended: cleared when the run is reopened."""
 
 
 def default_tracking_uri(study_dir: Path) -> str:
@@ -46,16 +64,23 @@ def search_runs(client: Any, experiment_id: str, filter_string: str) -> Iterator
             return
 
 
+def permanent(exc: BaseException) -> bool:
+    return getattr(exc, "error_code", None) in PERMANENT
+
+
 class Tracker:
     """Driver-side MLflow bookkeeping for one study (one experiment)."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None,
+                 journal: Path | None = None, wait_s: float = WAIT_S) -> None:
         import logging
 
         import mlflow
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
+        for noisy in ("mlflow.store.db.utils", "urllib3.connectionpool"):  # an outage is one
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)  # line of ours, no tracebacks
 
         self.tracking_uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
@@ -63,8 +88,8 @@ class Tracker:
         try:
             exp = self.client.get_experiment_by_name(experiment)
         except Exception as exc:  # noqa: BLE001 - any transport/store failure: one clear line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"MLflow tracking at {tracking_uri} is not usable: {first[:300]}") from None
+            raise UserError(f"MLflow tracking at {tracking_uri} is not usable: "
+                            f"{first_line(exc)}") from None
         if exp is None:
             location = artifact_root.resolve().as_uri() if artifact_root else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
@@ -74,28 +99,52 @@ class Tracker:
             self.experiment_id = exp.experiment_id
         self.experiment = experiment
         self.parent_id: str | None = None
+        self.wait_s = wait_s
+        self.journal = Journal(journal)
+        self.outage = Outage(tracking_uri, journal)
+        self._logged: dict[str, set[tuple[str, int]]] = {}
+        self._open: set[str] = set()
+        """Runs this invocation set RUNNING and has not ended yet."""
+        if self.journal.pending:
+            print(f"replaying {len(self.journal.pending)} tracking entries journaled by an "
+                  f"earlier invocation ({journal})", flush=True)
+            self.sync(self.wait_s, "replaying the journal")
+
+    def claim_study_dir(self, study_dir: Path) -> None:
+        """Refuse to mix two study folders in one experiment: their checkpoints and resume
+        points would be taken for each other's."""
+        exp = self._live("reading the experiment",
+                         lambda: self.client.get_experiment(self.experiment_id))
+        owner, mine = exp.tags.get("study_dir"), str(Path(study_dir).resolve())
+        if owner and owner != mine:
+            raise UserError(f"experiment {self.experiment!r} at {self.tracking_uri} belongs to "
+                            f"study folder {owner}; use --study-dir {owner} to continue it, or "
+                            f"another --experiment for {mine}")
+        if not owner:
+            self._live("tagging the experiment", lambda: self.client.set_experiment_tag(
+                self.experiment_id, "study_dir", mine))
 
     # -- parent run -------------------------------------------------------
     def start_parent(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={**tags, "role": "study"})
+        run = self._live("starting the parent run", lambda: self.client.create_run(
+            self.experiment_id, run_name=name, tags={**tags, "role": "study"}))
         self.parent_id = run.info.run_id
-        for key, value in params.items():
-            self.client.log_param(self.parent_id, key, _param(value))
-        return self.parent_id
+        self._open.add(run.info.run_id)
+        self._live("logging parameters", lambda: self.log_params(
+            run.info.run_id, {k: _param(v) for k, v in params.items()}))
+        return str(self.parent_id)
 
     def end_parent(self, status: str, summary: Mapping[str, Any]) -> None:
         if self.parent_id is None:
             return
-        for key, value in summary.items():
-            self.client.set_tag(self.parent_id, f"summary.{key}", str(value))
-        self.client.set_terminated(self.parent_id, status)
+        self.set_tags(self.parent_id, {f"summary.{k}": v for k, v in summary.items()})
+        self.finish(self.parent_id, status)
 
     # -- child runs -------------------------------------------------------
     def trial_runs(self) -> dict[str, Any]:
         """Latest child run per trial id (a cell never has two, but be robust)."""
         runs: dict[str, Any] = {}
-        for run in self._search("tags.role = 'trial'"):
+        for run in self._live("listing the runs", lambda: list(self._search("tags.role = 'trial'"))):
             tid = run.data.tags.get("trial_id")
             if tid and (tid not in runs or run.info.start_time > runs[tid].info.start_time):
                 runs[tid] = run
@@ -107,18 +156,24 @@ class Tracker:
     def open_trial_run(self, spec: Any, tags: Mapping[str, str], existing: Any | None) -> str:
         """Reuse the cell's run if it exists (resume), else create it with params and tags."""
         if existing is not None:
-            run_id = existing.info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, "resumed_by", self.parent_id or "")
-            return str(run_id)
+            run_id = str(existing.info.run_id)
+            for key in ENDING_TAGS:
+                if key in existing.data.tags:
+                    self._write({"op": "delete_tag", "run": run_id, "key": key})
+            self._write({"op": "status", "run": run_id, "status": "RUNNING"})
+            self.set_tags(run_id, {"resumed_by": self.parent_id or ""})
+            self._open.add(run_id)
+            return run_id
         all_tags = {**tags, "role": "trial", "mlflow.parentRunId": self.parent_id or ""}
-        run = self.client.create_run(self.experiment_id, run_name=all_tags.get("mlflow.runName", spec.name),
-                                     tags=all_tags)
-        run_id = run.info.run_id
+        run = self._live("creating a run", lambda: self.client.create_run(
+            self.experiment_id, run_name=all_tags.get("mlflow.runName", spec.name), tags=all_tags))
+        run_id = str(run.info.run_id)
+        self._open.add(run_id)
+        self._logged[run_id] = set()
         params = {k: _param(v) for k, v in flatten(spec.config).items()}
         params["eval_modalities"] = ";".join(spec.eval_modalities)
-        self.log_params(run_id, params)
-        return str(run_id)
+        self._live("logging parameters", lambda: self.log_params(run_id, params))
+        return run_id
 
     def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -127,28 +182,28 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
 
+    # -- writes: journaled, never raise --------------------------------------
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """Log ``metrics`` at ``step`` unless the run already has that (key, step)."""
         import math
-        import time
 
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and math.isfinite(float(v))]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i : i + 500])
+        values = {k: float(v) for k, v in metrics.items()
+                  if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        known = self._logged.get(run_id)
+        if not values or (known is not None and all((k, int(step)) in known for k in values)):
+            return  # nothing new (e.g. a history row already logged)
+        self._write({"op": "metrics", "run": run_id, "step": int(step), "metrics": values,
+                     "time": int(time.time() * 1000)})
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._write({"op": "tags", "run": run_id, "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
-        self.client.log_dict(run_id, data, artifact_file)
+        self._write({"op": "json", "run": run_id, "file": artifact_file, "data": data})
 
     def finish(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status)
+        self._write({"op": "status", "run": run_id, "status": status})
+        self._open.discard(run_id)
 
     def mark_skipped(self, spec: Any, tags: Mapping[str, str], existing: Any | None, reason: str) -> str:
         run_id = self.open_trial_run(spec, tags, existing)
@@ -159,14 +214,145 @@ class Tracker:
     def close_running(self, status: str, reason: str) -> int:
         """End every run of this experiment still marked RUNNING (a driver died or failed
         mid-stage); a later invocation reopens the cells it resumes. Returns the count."""
+        stale = self._live("listing running runs",
+                           lambda: list(self._search("attributes.status = 'RUNNING'")))
         n = 0
-        for run in self._search("attributes.status = 'RUNNING'"):
+        for run in stale:
             if run.info.run_id == self.parent_id:
                 continue
-            self.client.set_tag(run.info.run_id, "closed_because", reason)
-            self.client.set_terminated(run.info.run_id, status)
+            self.set_tags(run.info.run_id, {"closed_because": reason})
+            self.finish(run.info.run_id, status)
             n += 1
         return n
+
+    def close_open(self, status: str, reason: str) -> int:
+        """End the runs this invocation opened, without asking the store (it may be down)."""
+        runs = sorted(self._open - {self.parent_id or ""})
+        for run_id in runs:
+            self.set_tags(run_id, {"closed_because": reason})
+            self.finish(run_id, status)
+        return len(runs)
+
+    def close(self, wait_s: float = 60.0) -> None:
+        """Deliver what is journaled (bounded); say where the rest waits for the next run."""
+        try:
+            self.sync(wait_s, "finishing")
+        except UserError as exc:
+            print(exc, flush=True)
+        self.journal.close()
+
+    # -- delivery -----------------------------------------------------------
+    def _write(self, entry: dict[str, Any]) -> None:
+        self.journal.add(entry)
+        self._flush()
+
+    def sync(self, wait_s: float, what: str) -> None:
+        """Deliver every journaled entry, waiting up to ``wait_s`` for the store."""
+        self._live(what, lambda: None, wait_s)
+
+    def _live(self, what: str, call: Callable[[], T], wait_s: float | None = None) -> T:
+        """``call`` once the journal is delivered; while the store does not answer, retry
+        with a bounded backoff, then fail with one line (the journal keeps the writes)."""
+        deadline = time.monotonic() + (self.wait_s if wait_s is None else wait_s)
+        while True:
+            if self._flush(force=True):
+                try:
+                    with self.outage.watch(what):
+                        result = call()
+                    self.outage.recovered(0)
+                    return result
+                except Exception as exc:  # noqa: BLE001 - transport or store failure
+                    if permanent(exc):
+                        raise
+                    self.outage.failed(exc, len(self.journal.pending))
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"MLflow tracking at {self.tracking_uri} did not answer for "
+                    f"{self.outage.waited():.0f} s while {what}; {len(self.journal.pending)} "
+                    f"entries wait in {self.journal.path or 'memory'} and are replayed by the "
+                    "next invocation (re-run the same command once the store is back)")
+            time.sleep(min(self.outage.retry_every, max(0.1, deadline - time.monotonic())))
+
+    def _flush(self, force: bool = False) -> bool:
+        """Deliver pending entries in order; False (and the entries kept) if the store
+        does not answer. While it is down, retries are paced by the outage."""
+        if not self.journal.pending:
+            return True
+        if not force and not self.outage.due():
+            return False
+        self.outage.tried()
+        if self.outage.down and not self._healthy():
+            self.outage.failed(ConnectionError("no answer to a health check"), len(self.journal.pending))
+            return False
+        if self.outage.down:
+            self._logged.clear()  # a call cut by the outage may have landed: ask again
+        done = 0
+        try:
+            with self.outage.watch("delivering tracking entries"):
+                for entry in list(self.journal.pending):
+                    self._deliver_or_drop(entry)
+                    done += 1
+        except Exception as exc:  # noqa: BLE001 - transport or store failure
+            self.journal.delivered(done)
+            self.outage.failed(exc, len(self.journal.pending))
+            return False
+        self.journal.delivered(done)
+        self.outage.recovered(done)
+        return True
+
+    def _deliver_or_drop(self, entry: dict[str, Any]) -> None:
+        try:
+            self._deliver(entry)
+        except Exception as exc:  # noqa: BLE001
+            if not permanent(exc):
+                raise
+            print(f"MLflow refused a {entry.get('op')} entry for run {entry.get('run')} "
+                  f"({first_line(exc)}); dropped", flush=True)
+
+    def _deliver(self, entry: dict[str, Any]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        op, run_id = entry["op"], entry["run"]
+        if op == "metrics":
+            logged = self._logged_steps(run_id)
+            step = int(entry["step"])
+            items = [Metric(k, v, int(entry["time"]), step) for k, v in entry["metrics"].items()
+                     if (k, step) not in logged]
+            for i in range(0, len(items), 500):
+                self.client.log_batch(run_id, metrics=items[i : i + 500])
+            logged.update((m.key, step) for m in items)
+        elif op == "tags":
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
+        elif op == "delete_tag":
+            if entry["key"] in self.client.get_run(run_id).data.tags:
+                self.client.delete_tag(run_id, entry["key"])
+        elif op == "status":
+            if entry["status"] == "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                self.client.set_terminated(run_id, entry["status"])
+        elif op == "json":
+            self.client.log_dict(run_id, entry["data"], entry["file"])
+
+    def _logged_steps(self, run_id: str) -> set[tuple[str, int]]:
+        """(key, step) pairs the run already has (asked once per run, then kept current)."""
+        if run_id not in self._logged:
+            keys = self.client.get_run(run_id).data.metrics.keys()
+            self._logged[run_id] = {(key, int(m.step)) for key in keys
+                                    for m in self.client.get_metric_history(run_id, key)}
+        return self._logged[run_id]
+
+    def _healthy(self) -> bool:
+        """A cheap check before replaying into a server that was down (bounded: 3 s)."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return True
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.tracking_uri.rstrip('/')}/health", timeout=3) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
 
 
 def _param(value: Any) -> str:

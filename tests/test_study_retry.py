@@ -13,18 +13,11 @@ from pathlib import Path
 import pytest
 
 import run_study
+from tests.tiny_study import ONE_CELL_GRID
 
 pytestmark = pytest.mark.slow
 
-GRID = """\
-budget: smoke
-seeds: [0]
-families:
-  one:
-    kind: train
-    axes:
-      modalities: [flair]
-"""
+GRID = ONE_CELL_GRID
 
 
 def test_retry_resumes_from_tunes_checkpoint(tmp_path: Path, synthetic_store: Path, ray_session):

@@ -24,3 +24,88 @@ def test_cells_reuse_their_run_and_stale_runs_get_closed(tmp_path):
     tracker2.finish(run_id, "FINISHED")
     tracker2.end_parent("FINISHED", {"done": 1})
     assert tracker2.close_running("KILLED", "test") == 0
+
+
+def test_a_journal_left_by_a_dead_driver_is_replayed_once(tmp_path, capsys):
+    import json
+
+    from study.journal import JOURNAL_NAME
+
+    uri, journal = default_tracking_uri(tmp_path), tmp_path / JOURNAL_NAME
+    tracker = Tracker(uri, "t", artifact_root=tmp_path / "art", journal=journal)
+    spec = expand("smoke", ExpandContext("smoke", "/s.zarr", "sid", (0,))).trials[0]
+    tracker.start_parent("first", {}, {"grid": "smoke"})
+    run_id = tracker.open_trial_run(spec, {"trial_id": spec.trial_id}, None)
+    tracker.log_metrics(run_id, {"train/loss_s": 1.0}, step=1)
+    assert not journal.exists()  # delivered: nothing kept
+    # the driver died with entries journaled but not delivered (epoch 1 again, epoch 2, the end)
+    entries = [{"op": "metrics", "run": run_id, "step": s, "metrics": {"train/loss_s": float(s)},
+                "time": 0} for s in (1, 2)]
+    entries += [{"op": "tags", "run": run_id, "tags": {"stopped": "max_epochs"}},
+                {"op": "status", "run": run_id, "status": "FINISHED"}]
+    journal.write_text("".join(json.dumps(e) + "\n" for e in entries) + '{"op": "metr')  # cut line
+    for _ in range(2):  # a second replay (a crash right after the first) changes nothing
+        if not journal.exists():
+            journal.write_text("".join(json.dumps(e) + "\n" for e in entries))
+        again = Tracker(uri, "t", journal=journal)
+        assert not journal.exists()
+    assert "replaying 4 tracking entries" in capsys.readouterr().out
+    run = again.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["stopped"] == "max_epochs"
+    steps = [(m.step, m.value) for m in again.client.get_metric_history(run_id, "train/loss_s")]
+    assert sorted(steps) == [(1, 1.0), (2, 2.0)]
+
+
+def test_reopened_runs_lose_their_ending_tags_and_folders_do_not_share_an_experiment(tmp_path):
+    import pytest
+
+    from core.errors import UserError
+
+    uri = f"sqlite:///{(tmp_path / 'shared.db').as_posix()}"  # a store outside both folders
+    tracker = Tracker(uri, "shared")
+    tracker.claim_study_dir(tmp_path / "a")
+    tracker.claim_study_dir(tmp_path / "a")  # the same folder again: fine
+    with pytest.raises(UserError, match=f"belongs to study folder {tmp_path / 'a'}"):
+        Tracker(uri, "shared").claim_study_dir(tmp_path / "b")
+    Tracker(uri, "other").claim_study_dir(tmp_path / "b")  # another experiment: fine
+
+    spec = expand("smoke", ExpandContext("smoke", "/s.zarr", "sid", (0,))).trials[0]
+    tracker.start_parent("p", {}, {})
+    run_id = tracker.open_trial_run(spec, {"trial_id": spec.trial_id}, None)
+    tracker.set_tags(run_id, {"error": "boom"})
+    assert tracker.close_running("KILLED", "gone") == 1
+    existing = tracker.trial_runs()[spec.trial_id]
+    assert {"closed_because", "error"} <= set(existing.data.tags)
+    tracker.open_trial_run(spec, {}, existing)
+    tracker.finish(run_id, "FINISHED")
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert not {"closed_because", "error"} & set(run.data.tags)
+
+
+def test_report_side_replay_skips_a_folder_in_use(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from study.journal import JOURNAL_NAME
+    from study.session import replay_journal
+
+    uri = default_tracking_uri(tmp_path)
+    tracker = Tracker(uri, "t")
+    tracker.start_parent("p", {}, {})
+    entry = {"op": "tags", "run": tracker.parent_id, "tags": {"late": "yes"}}
+    (tmp_path / JOURNAL_NAME).write_text(json.dumps(entry) + "\n")
+    hold = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; h = open(sys.argv[1], 'a'); "
+                             "fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                             str(tmp_path / ".study.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert hold.stdout is not None and hold.stdout.readline().strip() == "held"
+        replay_journal(tmp_path, uri, "t")  # an invocation owns the journal: left alone
+        assert (tmp_path / JOURNAL_NAME).exists()
+    finally:
+        hold.kill()
+        hold.wait()
+    replay_journal(tmp_path, uri, "t")
+    assert not (tmp_path / JOURNAL_NAME).exists()
+    assert tracker.client.get_run(tracker.parent_id).data.tags["late"] == "yes"

@@ -95,3 +95,15 @@ def build_tiny_study(root: Path) -> TinyStudy:
     case = next(p for p in sorted((raw / "HGG").iterdir()) if p.is_dir())
     return TinyStudy(study_dir, uri, experiment, store, spec.name, spec.trial_id, run_id,
                      result.best_path, case)
+
+
+ONE_CELL_GRID = """\
+budget: smoke
+seeds: [0]
+families:
+  one:
+    kind: train
+    axes:
+      modalities: [flair]
+"""
+"""A grid of one FLAIR cell (fault drills write it into their study folder)."""

@@ -1,0 +1,159 @@
+"""Ray as the study starts it: the local default listens on loopback only and ignores
+RAY_ADDRESS; ``--address`` to a dead or silent cluster fails within the connect timeout
+with one line. Real processes; sockets read from /proc (no psutil needed)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+LOCAL = """
+import sys
+sys.path.insert(0, {repo!r})
+from study.runner import init_ray
+init_ray(None, num_cpus=1)
+import ray
+ray.get(ray.remote(lambda: 1).remote())   # a worker process exists too
+print("node", ray.util.get_node_ip_address(), flush=True)
+sys.stdin.readline()                      # hold Ray up while the test reads the sockets
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    return kids
+
+
+def _descendants(root: int) -> set[int]:
+    kids, out, todo = _children(), set(), [root]
+    while todo:
+        pid = todo.pop()
+        out.add(pid)
+        todo += kids.get(pid, [])
+    return out
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                found.add(target[8:-1])
+    except OSError:
+        pass
+    return found
+
+
+def _address(hexaddr: str, v6: bool) -> tuple[str, int]:
+    ip, port = hexaddr.split(":")
+    raw = bytes.fromhex(ip)
+    if v6:  # four little-endian 32-bit words
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+        return socket.inet_ntop(socket.AF_INET6, raw), int(port, 16)
+    return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
+
+
+def listening_sockets(root: int) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP socket listening in ``root``'s process tree."""
+    owner = {ino: pid for pid in _descendants(root) for ino in _socket_inodes(pid)}
+    rows = []
+    for table, v6 in (("tcp", False), ("tcp6", True)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in owner:  # 0A = LISTEN
+                ip, port = _address(fields[1], v6)
+                name = Path(f"/proc/{owner[fields[9]]}/comm").read_text().strip()
+                rows.append((ip, port, name))
+    return sorted(rows)
+
+
+def test_local_ray_listens_on_loopback_only_and_ignores_ray_address():
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{_free_port()}"}  # must not be joined
+    proc = subprocess.Popen([sys.executable, "-c", LOCAL.format(repo=str(REPO))], cwd=REPO, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("node "):
+                break
+        assert lines and lines[-1].split() == ["node", "127.0.0.1"], "".join(lines)
+        assert any(line.startswith("note: RAY_ADDRESS is ignored") for line in lines), "".join(lines)
+        time.sleep(1.0)  # agents bind shortly after the node is up
+        sockets = listening_sockets(proc.pid)
+        names = {name for _, _, name in sockets}
+        assert {"gcs_server", "raylet"} <= names, sockets  # we did see Ray's servers
+        exposed = [s for s in sockets if s[0] not in LOOPBACK]
+        assert not exposed, f"listening beyond loopback: {exposed}"
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_address_with_nothing_listening_fails_fast_with_one_line(tmp_path, synthetic_store):
+    address = f"127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(REPO / "run_study.py"), "--grid", "smoke", "--data",
+                           str(synthetic_store), "--study-dir", str(tmp_path / "s"), "--address",
+                           address, "--no-report"], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"error: no Ray cluster at {address}"), proc.stderr
+    assert not (tmp_path / "s" / "study.json").exists()
+
+
+SILENT = """
+import socket, sys
+sys.path.insert(0, {repo!r})
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(8)
+from study.runner import init_ray
+init_ray("127.0.0.1:%d" % server.getsockname()[1], connect_timeout=4)
+print("joined?!")
+"""
+
+
+def test_address_that_accepts_but_never_answers_is_cut_at_the_timeout():
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", SILENT.format(repo=str(REPO))], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    took = time.monotonic() - started
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "joined?!" not in proc.stdout
+    assert "error: no Ray cluster answered at 127.0.0.1:" in proc.stderr and "within 4 s" in proc.stderr
+    assert took < 40, took
