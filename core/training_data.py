@@ -51,10 +51,23 @@ def store_data(cfg: ExperimentConfig, split: str = "val") -> TrainData:
     return TrainData(train, split_volumes)
 
 
-def device_batches_for(train_set: EpochDataset, cfg: ExperimentConfig,
-                       device: torch.device) -> Any:
-    """A ``DeviceBatches`` over ``train_set`` when ``data.on_device`` asks for one ('auto':
-    on CUDA, for a cached store split), else None: a DataLoader feeds the step."""
+DEVICE_SHARE = 0.5
+"""Largest share of a GPU's free memory a trial's training split may take on the device
+(the rest: networks, activations, and other trials packed with fractional GPUs)."""
+
+
+def split_fits(split_bytes: int, free_bytes: int, share: float = DEVICE_SHARE) -> bool:
+    """Whether a training split of ``split_bytes`` may move to a device with ``free_bytes``."""
+    return split_bytes <= share * free_bytes
+
+
+def device_batches_for(train_set: EpochDataset, cfg: ExperimentConfig, device: torch.device,
+                       free_bytes: int | None = None, log: Callable[[str], None] = print) -> Any:
+    """A ``DeviceBatches`` over ``train_set`` when ``data.on_device`` asks for one, else
+    None (a DataLoader feeds the step). 'auto': on CUDA, for a cached store split that
+    ``split_fits`` the device's free memory at the trial's start — so trials packed on one
+    GPU (``--gpus-per-trial 0.25``) fall back to the host path, with one line, instead of
+    running out of memory. ``free_bytes`` overrides the query (tests)."""
     from core.data.dataset import SliceDataset
 
     mode = cfg.data.on_device
@@ -64,6 +77,15 @@ def device_batches_for(train_set: EpochDataset, cfg: ExperimentConfig,
         if mode == "on":
             raise ConfigError("data.on_device: 'on' needs a store split loaded with data.cache: true")
         return None
+    if mode == "auto":
+        if free_bytes is None:
+            free_bytes = int(torch.cuda.mem_get_info(device)[0])
+        need = train_set.cached_bytes
+        if not split_fits(need, free_bytes):
+            log(f"data.on_device: the training split ({need / 2**30:.1f} GiB) would take more than "
+                f"{DEVICE_SHARE:.0%} of the GPU's free {free_bytes / 2**30:.1f} GiB; batches come "
+                "from the host instead")
+            return None
     from core.data.device_batches import DeviceBatches
 
     return DeviceBatches(train_set, device)

@@ -14,7 +14,7 @@ from core.data.device_batches import DeviceBatches
 from core.device import configure_backends, memory_report
 from core.errors import ConfigError
 from core.trainer import fit
-from core.training_data import device_batches_for, epoch_order
+from core.training_data import device_batches_for, epoch_order, split_fits
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -64,6 +64,20 @@ def test_when_the_split_moves_to_the_device(synthetic_store):
         decide("on", CPU, cache=False)
     with pytest.raises(ConfigError, match="data.on_device"):
         load_config("smoke", overrides={"data.on_device": "gpu"})
+
+
+def test_trials_packed_on_one_gpu_fall_back_to_the_host_when_the_split_does_not_fit(
+        synthetic_store):
+    ds = _dataset(synthetic_store)
+    need = ds.cached_bytes
+    assert need == len(ds) * (2 * 80 * 80 * 2 + 80 * 80)
+    assert split_fits(need, 2 * need) and not split_fits(need, 2 * need - 1)
+    lines: list[str] = []
+    cfg = load_config("smoke", overrides={"data.on_device": "auto"})
+    # a GPU with too little free memory (e.g. four trials on one device): no upload, one line
+    assert device_batches_for(ds, cfg, CUDA, free_bytes=need, log=lines.append) is None
+    assert len(lines) == 1 and "from the host instead" in lines[0]
+    assert ds.is_cached  # the host path keeps its cache
 
 
 def test_cuda_only_backend_choices():

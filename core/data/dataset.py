@@ -109,6 +109,13 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def is_cached(self) -> bool:
         return self._images is not None
 
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of the cached split (images and masks; 0 when not cached)."""
+        if self._images is None or self._masks is None:
+            return 0
+        return sum(a.nbytes for a in self._images) + sum(m.nbytes for m in self._masks)
+
     def take_cache(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Hand the cached split over (images per case ``(Z, C, H, W)``, masks ``(Z, H, W)``)
         and drop this dataset's references, so the caller's copy is the only one (e.g. on a
