@@ -49,7 +49,9 @@ class StudyCallback(Callback):
         return self.run_ids[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.run_id(trial)
+        run_id = self.run_id(trial)
+        if run_id:  # the run was created when the stage started: its start time is now
+            self.tracker.trial_started(run_id)
         self.started[self._cell(trial)["trial_id"]] = time.monotonic()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:

@@ -6,6 +6,7 @@
     run_study.py predict --checkpoint best.pt --flair F --t1 A --t1c B --t2 C --out mask.nii.gz
     run_study.py evaluate --pred mask.nii.gz --truth case_seg.nii.gz [--region tc] [--json]
     run_study.py evaluate --pred OUT_DIR --truth BRATS_DIR [--json] [--study DIR --cell NAME]
+    run_study.py evaluate --pred mask.nii.gz --truth CASE_DIR [--lesion-wise]
 
 MLflow is imported only for ``--run-id`` (and ``evaluate`` recording into a run). The
 tracking URI is ``--tracking-uri``, else the ``--study`` folder's, else
@@ -61,13 +62,18 @@ def register(subparsers: Any) -> None:
         "With --run-id or --study DIR --cell NAME the result is also recorded in that MLflow run.")
     e.add_argument("--pred", type=Path, required=True, help="predicted mask file or folder")
     e.add_argument("--truth", type=Path, required=True,
-                   help="truth mask/label file, or a folder of them / of BraTS case folders")
+                   help="truth mask/label file, one BraTS case folder (with a --pred file), "
+                   "or a folder of masks / of BraTS case folders (with a --pred folder)")
     e.add_argument("--region", choices=REGIONS, default="wt",
                    help="tumour region (wt = whole tumour)")
     e.add_argument("--release", help="BraTS release of raw label maps, e.g. 2018 or 2023 "
                    "(default: from the case folder or the label values)")
     e.add_argument("--threshold", type=float, default=0.5,
                    help="threshold for probability maps")
+    e.add_argument("--lesion-wise", action="store_true",
+                   help="add the BraTS 2023+ lesion-wise dice and HD95 (truth lesions grouped "
+                   "by a 3-voxel dilation, 374 mm and dice 0 per missed or false-positive "
+                   "lesion, lesions <= 50 mm3 not scored)")
     e.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     run = e.add_mutually_exclusive_group()
     run.add_argument("--run-id", help="also record the result in this MLflow run "
@@ -250,6 +256,12 @@ def format_pair(row: dict[str, Any]) -> str:
     lines.append(f"{'hd95':<12} {_fmt(row['hd95'], ' mm')}")
     lines.append(f"voxels       pred {row['pred_voxels']}, truth {row['truth_voxels']}, "
                  f"tp {row['tp']}, fp {row['fp']}, fn {row['fn']}")
+    if "lesion_dice" in row:
+        lines.append(f"{'lesion dice':<12} {row['lesion_dice']:.4f}")
+        lines.append(f"{'lesion hd95':<12} {row['lesion_hd95']:.2f} mm")
+        lines.append(f"lesions      {row['n_lesions']} scored, {row['n_missed']} missed, "
+                     f"{row['n_false_positive_lesions']} false-positive component(s), "
+                     f"{row['n_small_lesions']} <= 50 mm3 not scored")
     return "\n".join(lines)
 
 
@@ -263,6 +275,11 @@ def format_summary(result: dict[str, Any]) -> str:
                      f"{s['n_nan']:>4} {s['n_inf']:>4}")
     lines.append("NaN/inf values are left out of means: NaN = undefined (both masks empty, or "
                  "empty prediction for precision); hd95 inf = exactly one mask empty.")
+    if "lesion_dice" in result["summary"]:
+        s = result["summary"]
+        lines.append(f"lesion-wise (BraTS 2023+, over all {len(result['cases'])} cases): "
+                     f"{s['n_lesions']['total']} lesions, {s['n_missed']['total']} missed, "
+                     f"{s['n_false_positive_lesions']['total']} false-positive components")
     for key, what in (("pred_only", "predictions without truth"),
                       ("truth_only", "truths without prediction")):
         if result[key]:
@@ -272,23 +289,34 @@ def format_summary(result: dict[str, Any]) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of ``evaluate``: one pair of files or two folders paired by case id."""
-    from core.evaluation.mask_files import evaluate_folders, evaluate_pair, json_safe
+    from core.evaluation.mask_files import (
+        case_label_file,
+        evaluate_folders,
+        evaluate_pair,
+        json_safe,
+    )
 
     pred, truth = Path(args.pred), Path(args.truth)
     for what, path in (("--pred", pred), ("--truth", truth)):
         if not path.exists():
             raise DataError(f"{what} {path}: not found")
     target = _evaluate_run(args)  # before the work: a wrong run fails fast
-    if pred.is_file() and truth.is_file():
-        result = evaluate_pair(pred, truth, args.region, args.release, args.threshold)
+    lesion_wise = bool(getattr(args, "lesion_wise", False))
+    if pred.is_file():
+        release = args.release
+        if truth.is_dir():  # one case folder: its label file (and release from its naming)
+            truth, case_release = case_label_file(truth)
+            release = release or case_release
+            print(f"truth: {truth}", file=sys.stderr)
+        result = evaluate_pair(pred, truth, args.region, release, args.threshold, lesion_wise)
         text = format_pair(result)
-    elif pred.is_dir() and truth.is_dir():
+    elif truth.is_dir():
         progress = None if args.json else print
         result = evaluate_folders(pred, truth, args.region, args.release, args.threshold,
-                                  progress=progress)
+                                  progress=progress, lesion_wise=lesion_wise)
         text = format_summary(result)
     else:
-        raise UserError(f"--pred {pred} and --truth {truth} must both be files or both folders")
+        raise UserError(f"--pred {pred} is a folder: --truth {truth} must be a folder too")
     print(json.dumps(json_safe(result), indent=2) if args.json else text)
     if target is not None:
         from study.mlflow_results import log_evaluation

@@ -105,6 +105,8 @@ class Tracker:
         self._logged: dict[str, set[tuple[str, int]]] = {}
         self._open: set[str] = set()
         """Runs this invocation set RUNNING and has not ended yet."""
+        self._unstarted: set[str] = set()
+        """Opened runs without a logged metric: ``trial_started`` sets their start time."""
         if self.journal.pending:
             print(f"replaying {len(self.journal.pending)} tracking entries journaled by an "
                   f"earlier invocation ({journal})", flush=True)
@@ -163,12 +165,15 @@ class Tracker:
             self._write({"op": "status", "run": run_id, "status": "RUNNING"})
             self.set_tags(run_id, {"resumed_by": self.parent_id or ""})
             self._open.add(run_id)
+            if not existing.data.metrics:  # never trained: its old start time means nothing
+                self._unstarted.add(run_id)
             return run_id
         all_tags = {**tags, "role": "trial", "mlflow.parentRunId": self.parent_id or ""}
         run = self._live("creating a run", lambda: self.client.create_run(
             self.experiment_id, run_name=all_tags.get("mlflow.runName", spec.name), tags=all_tags))
         run_id = str(run.info.run_id)
         self._open.add(run_id)
+        self._unstarted.add(run_id)
         self._logged[run_id] = set()
         params = {k: _param(v) for k, v in flatten(spec.config).items()}
         params["eval_modalities"] = ";".join(spec.eval_modalities)
@@ -201,9 +206,19 @@ class Tracker:
     def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
         self._write({"op": "json", "run": run_id, "file": artifact_file, "data": data})
 
+    def trial_started(self, run_id: str) -> None:
+        """The run's trial starts now: runs are created when their stage starts, so the
+        start time is moved here (once per run and invocation; a run with logged epochs
+        keeps its first start). Only SQL stores can change it (MLflow has no API for it)."""
+        if run_id in self._unstarted:
+            self._unstarted.discard(run_id)
+            self._write({"op": "start_time", "run": run_id, "time": int(time.time() * 1000)})
+
     def finish(self, run_id: str, status: str) -> None:
-        self._write({"op": "status", "run": run_id, "status": status})
+        self._write({"op": "status", "run": run_id, "status": status,
+                     "time": int(time.time() * 1000)})  # the end time, even if replayed later
         self._open.discard(run_id)
+        self._unstarted.discard(run_id)
 
     def mark_skipped(self, spec: Any, tags: Mapping[str, str], existing: Any | None, reason: str) -> str:
         run_id = self.open_trial_run(spec, tags, existing)
@@ -330,7 +345,9 @@ class Tracker:
             if entry["status"] == "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
             else:
-                self.client.set_terminated(run_id, entry["status"])
+                self.client.set_terminated(run_id, entry["status"], end_time=entry.get("time"))
+        elif op == "start_time":
+            _set_start_time(self.client, run_id, int(entry["time"]))
         elif op == "json":
             self.client.log_dict(run_id, entry["data"], entry["file"])
 
@@ -353,6 +370,18 @@ class Tracker:
                 return bool(r.status == 200)
         except OSError:
             return False
+
+
+def _set_start_time(client: Any, run_id: str, millis: int) -> None:
+    """Set a run's start time in a SQL store (sqlite, PostgreSQL, MySQL); other stores
+    (an MLflow server over HTTP) have no way to change it and keep the creation time."""
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if store is None or not hasattr(store, "ManagedSessionMaker"):
+        return
+    from mlflow.store.tracking.dbmodels.models import SqlRun
+
+    with store.ManagedSessionMaker() as session:
+        session.query(SqlRun).filter(SqlRun.run_uuid == run_id).update({"start_time": millis})
 
 
 def _param(value: Any) -> str:

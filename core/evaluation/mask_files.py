@@ -18,6 +18,13 @@ Folder summaries: mean over cases with a 95% bootstrap CI (``core.metrics.summar
 under the study's empty-truth policy (``core.metrics``: tumour-free cases count for
 specificity only, and are counted apart with their false positives); NaN and inf values
 are left out of the mean and counted separately (``n_nan``, ``n_inf``).
+
+``lesion_wise=True`` adds the BraTS 2023+ lesion-wise scores per pair
+(``core.evaluation.lesions``: ``lesion_dice``, ``lesion_hd95``, ``n_lesions``, ``n_missed``,
+``n_false_positive_lesions``); their folder summary is over **every** case, tumour-free
+ones included (the challenge scores those 1 / 0 mm, or penalises false positives).
+
+A truth may also be one BraTS case folder (``case_label_file``: its one label file).
 """
 
 from __future__ import annotations
@@ -161,13 +168,14 @@ def evaluate_pair(
     region: str = "wt",
     release: str | None = None,
     threshold: float = 0.5,
+    lesion_wise: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one predicted mask file against one truth file (NIfTI, same grid).
 
     The truth may be a binary mask or a raw BraTS label map; the prediction a binary
     mask (or a probability map, thresholded; or a label map). Shape or affine
     mismatch raises DataError naming both files. Returns ``evaluate_masks``' dict plus
-    pred, truth (paths), region, spacing.
+    pred, truth (paths), region, spacing (and the lesion-wise scores with ``lesion_wise``).
     """
     pred_path, truth_path = Path(pred_path), Path(truth_path)
     pred, p_affine, spacing = load_nifti(pred_path)
@@ -181,6 +189,10 @@ def evaluate_pair(
     p = as_region_mask(pred, region, release, pred_path, threshold)
     t = as_region_mask(truth, region, release, truth_path, threshold)
     row = evaluate_masks(p, t, spacing)
+    if lesion_wise:
+        from core.evaluation.lesions import lesion_wise as score_lesions
+
+        row.update(score_lesions(p, t, spacing))
     return {"pred": str(pred_path), "truth": str(truth_path), "region": region,
             "spacing": list(spacing), **row}
 
@@ -240,6 +252,7 @@ def evaluate_folders(
     release: str | None = None,
     threshold: float = 0.5,
     progress: Callable[[str], None] | None = None,
+    lesion_wise: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every prediction in ``pred_dir`` against its truth in ``truth_dir``.
 
@@ -263,7 +276,8 @@ def evaluate_folders(
     rows = []
     for i, case_id in enumerate(common, 1):
         truth_path, case_release = truths[case_id]
-        row = evaluate_pair(preds[case_id], truth_path, region, release or case_release, threshold)
+        row = evaluate_pair(preds[case_id], truth_path, region, release or case_release,
+                            threshold, lesion_wise)
         rows.append({"case_id": case_id, **row})
         if progress is not None:
             progress(f"[{i}/{len(common)}] {case_id}: dice {row['dice']:.4f}, "
@@ -283,13 +297,43 @@ def summarize_rows(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, dict[
     policy (``core.metrics``: tumour-free cases count for specificity only); NaN (which
     includes tumour-free cases) and inf counted apart."""
     out: dict[str, dict[str, Any]] = {}
-    for name in METRIC_NAMES:
-        values = metrics.policy_values(rows, name)
+    from core.evaluation.lesions import LESION_COUNTS, LESION_METRICS
+
+    lesion = [n for n in LESION_METRICS + LESION_COUNTS if rows and all(n in r for r in rows)]
+    for name in (*METRIC_NAMES, *lesion):
+        values = (metrics.policy_values(rows, name) if name in METRIC_NAMES
+                  else np.array([float(r[name]) for r in rows], dtype=float))
         summary = metrics.summarize(values, seed=seed).as_dict()
         summary["n_nan"] = int(np.isnan(values).sum())
         summary["n_inf"] = int(np.isinf(values).sum())
+        if name in LESION_COUNTS:
+            summary["total"] = int(np.nansum(values))
         out[name] = summary
     return out
+
+
+def case_label_file(folder: str | Path) -> tuple[Path, str]:
+    """(label file, release) of one BraTS case folder in any supported naming.
+
+    DataError naming the folder when it holds no label file or several."""
+    from core.data.brats import LABEL, classify_file, detect_release
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"case folder not found: {folder}")
+    files = [p for p in folder.iterdir() if p.is_file()]
+    for sub in folder.iterdir():  # BraTS 2015: one VSD.* folder per file
+        if sub.is_dir() and sub.name.upper().startswith("VSD."):
+            files.extend(p for p in sub.iterdir() if p.is_file())
+    labels = sorted(p for p in files if classify_file(p) == LABEL)
+    if not labels:
+        raise DataError(f"--truth {folder}: no label file in this case folder (looked for "
+                        f"*_seg.nii.gz, *-seg.nii.gz, VSD.*.OT.*.mha); give the label file, "
+                        f"or a folder of predicted masks as --pred to pair a folder of cases")
+    if len(labels) > 1:
+        raise DataError(f"--truth {folder}: several label files in this case folder: "
+                        f"{', '.join(p.name for p in labels)}; pass the one to use as --truth")
+    return labels[0], detect_release(folder.name, files)
 
 
 def json_safe(value: Any) -> Any:
