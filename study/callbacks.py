@@ -32,7 +32,9 @@ class StudyCallback(Callback):
         self.stage = stage
         self.completed: set[str] = set()
         self.failed: dict[str, str] = {}
-        self.best: tuple[float, str] = (float("-inf"), "")
+        self.best: dict[tuple[str, str], tuple[float, str]] = {}
+        """(input modalities, region) → best validation dice so far and its cell: only cells
+        validated on the same inputs and region are comparable."""
         self.started: dict[str, float] = {}
         self.last_line: dict[str, float] = {}
         self.done_before, self.stage_started = done_before, time.monotonic()  # for the ETA
@@ -99,10 +101,16 @@ class StudyCallback(Callback):
         self.tracker.log_json(run_id, strict_json(json.loads(result["per_volume"])), "per_volume.json")
         if not self.tracker.outage.down:  # a direct call: no ~30 s wait per trial
             record_dataset(self.tracker, run_id, cell)
-        # "best so far" ranks by the cell's own validation dice, never by the evaluation split
+        self.rank(cell, result)
+
+    def rank(self, cell: dict[str, Any], result: dict[str, Any]) -> None:
+        """Keep "best so far": by the cell's own validation dice, never by the evaluation
+        split, and only among cells validated on the same inputs and region."""
         val = result.get("val/best_dice")
-        if isinstance(val, (int, float)) and cell.get("kind") != "evaluate" and val > self.best[0]:
-            self.best = (float(val), cell["name"])
+        group = comparable_group(cell)
+        if (isinstance(val, (int, float)) and cell.get("kind") != "evaluate"
+                and val > self.best.get(group, (float("-inf"), ""))[0]):
+            self.best[group] = (float(val), cell["name"])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         cell = self._cell(trial)
@@ -131,7 +139,9 @@ class StudyCallback(Callback):
         found = next(((parse_eval_metric(k), v) for k, v in result.items()
                       if (parse_eval_metric(k) or ("", "", ""))[2] == "dice"), None)
         score = f" {found[0][0]} dice {found[1]:.3f}" if found and isinstance(found[1], float) else ""
-        best = f" | best val so far {self.best[0]:.3f} ({self.best[1]})" if self.best[1] else ""
+        top = self.best.get(comparable_group(cell))
+        best = (f" | best val so far on {'+'.join(comparable_group(cell))} {top[0]:.3f} ({top[1]})"
+                if top else "")
         eta = stage_eta(time.monotonic() - self.stage_started, self.done - self.done_before,
                         self.total - self.done)
         print(f"[stage {self.stage}] {self.done}/{self.total} {what}: {cell['name']}{score} "
@@ -169,3 +179,9 @@ def _error_line(trial: Any) -> str:
         return lines[-1][:500] if lines else "unknown error"
     except OSError:
         return "unknown error"
+
+
+def comparable_group(cell: dict[str, Any]) -> tuple[str, str]:
+    """The validation set a cell's dice is measured on: its input modalities and region."""
+    data = (cell.get("config") or {}).get("data", {})
+    return ",".join(data.get("modalities", ())), str(data.get("region", ""))

@@ -63,3 +63,20 @@ def test_every_cell_gets_the_same_dice_column() -> None:
     transfer = {"eval_split": "val", "config": {"data": {"modalities": ["t2"]}}}
     assert summary_columns(transfer, {"eval/val/t2/dice": 0.5}) == {"eval/val/dice": 0.5}
     assert summary_columns(transfer, {}) == {}
+
+
+def test_best_so_far_ranks_by_validation_among_comparable_cells_only() -> None:
+    from study.callbacks import StudyCallback
+
+    def cell(name: str, mods: list[str], region: str = "wt", kind: str = "train") -> dict:
+        return {"name": name, "kind": kind, "config": {"data": {"modalities": mods, "region": region}}}
+
+    cb = StudyCallback(tracker=None, total=4, done_before=0, stage=1)  # type: ignore[arg-type]
+    cb.rank(cell("four", ["flair", "t1", "t1c", "t2"]), {"val/best_dice": 0.9,
+                                                       "eval/test/flair-t1-t1c-t2/dice": 0.1})
+    cb.rank(cell("t1", ["t1"]), {"val/best_dice": 0.5, "eval/test/t1/dice": 0.99})
+    cb.rank(cell("t1-worse", ["t1"]), {"val/best_dice": 0.4})
+    cb.rank(cell("t1-as-flair", ["t1"], kind="evaluate"), {"val/best_dice": 0.95})
+    cb.rank(cell("t1-tc", ["t1"], region="tc"), {"val/best_dice": 0.7})
+    assert cb.best == {("flair,t1,t1c,t2", "wt"): (0.9, "four"), ("t1", "wt"): (0.5, "t1"),
+                       ("t1", "tc"): (0.7, "t1-tc")}
