@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "export": "study.cli",
     "report": "study.cli",
     "ui": "study.cli",
+    "resume": "study.cli",
 }
 
 

@@ -1,4 +1,4 @@
-"""CLI for the study: `study` (default), `report`, `ui`, `export`. Imports stay light until
+"""CLI for the study: `study` (default), `resume`, `report`, `ui`, `export`. Imports stay light until
 used."""
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how long to wait for an unavailable MLflow store where the study needs it "
                    "(start of a stage, the end); tracking writes are journaled meanwhile")
     p.set_defaults(func=_study)
+    _register_resume(sub)
 
     r = subcommand(sub, "report", "write report.md and heatmaps from a study's MLflow runs",
                    "Read every run of the study's MLflow experiment and write report/report.md, "
@@ -75,6 +76,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--port", type=int, default=5000, help="port of the UI")
     u.set_defaults(func=_ui)
     _register_export(sub)
+
+
+def _register_resume(sub: argparse._SubParsersAction) -> None:
+    s = subcommand(sub, "resume", "continue a study from its folder alone",
+                   "Replay the flags the study's first invocation recorded in DIR/study.json "
+                   "(grid, data, budget, seeds, --set, overlays, tracking store, experiment, "
+                   "resources): finished cells are skipped, failed and unfinished ones run again, "
+                   "no cell gets a second MLflow run.")
+    s.add_argument("--study", required=True, type=Path, metavar="DIR",
+                   help="study folder (holds study.json)")
+    s.add_argument("--wait", action="store_true",
+                   help="if another invocation holds the study folder, wait for it instead of failing")
+    s.set_defaults(func=_resume)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    import shlex
+
+    from study.session import recorded_invocation
+
+    argv = ["study", *recorded_invocation(args.study.resolve()), *(["--wait"] if args.wait else [])]
+    print(f"resuming: python run_study.py {shlex.join(argv[1:])}", flush=True)
+    parser = argparse.ArgumentParser(prog="run_study.py")
+    register(parser.add_subparsers(dest="command"))
+    study_args = parser.parse_args(argv)
+    study_args.argv = argv
+    return _study(study_args)
 
 
 def _register_export(sub: argparse._SubParsersAction) -> None:

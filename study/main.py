@@ -12,7 +12,14 @@ from typing import Any
 from core.config import load_config, resolve_budget
 from core.errors import UserError
 from study.grids import ExpandContext, Grid, expand, grid_seeds, list_grids, load_grid_data
-from study.session import StudyOptions, StudySession, hardware, open_session, parent_run
+from study.session import (
+    StudyOptions,
+    StudySession,
+    hardware,
+    open_session,
+    parent_run,
+    resume_command,
+)
 
 SYNTHETIC_DIR = Path("data") / "synthetic"
 
@@ -169,9 +176,12 @@ def _run(session: StudySession) -> int:
         print("nothing to do: every trial had finished already; no new MLflow parent run "
               "kept", flush=True)
     if outcome.interrupted:
-        print(f"\nInterrupted. Re-run the same command to resume:\n  "
-              f"{session.options.resume_command()}", flush=True)
+        print(f"\nInterrupted. To resume (flags from {study_dir / 'study.json'}):\n  "
+              f"{resume_command(study_dir)}", flush=True)
         return 130
+    if outcome.failed:
+        print(f"\nTo retry the failed trials and their dependants:\n  {resume_command(study_dir)}",
+              flush=True)
     if session.options.report:
         _write_report(tracker.tracking_uri, tracker.experiment, study_dir, grid)
     from study.tracking import ui_command

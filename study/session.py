@@ -45,7 +45,7 @@ class StudyOptions:
     wait: bool = False
     """Wait for another invocation holding the study folder instead of failing."""
     argv: tuple[str, ...] = ()
-    """The command line as typed (the printed resume command repeats it)."""
+    """The command line as typed."""
     connect_timeout: float = CONNECT_TIMEOUT_S
     """Seconds to join the cluster named by ``address`` before failing with one line."""
     tracking_wait: float = WAIT_S
@@ -77,12 +77,54 @@ class StudyOptions:
             tracking_wait=float(getattr(args, "tracking_wait", None)
                                 or os.environ.get("SEGAN_TRACKING_WAIT") or WAIT_S))
 
-    def resume_command(self) -> str:
-        """The command that continues this study: the same flags (cell identity hashes them)."""
-        import shlex
+    def invocation(self, grid: Grid, study_dir: Path, store: str, uri: str,
+                   experiment: str) -> list[str]:
+        """The study's flags, normalized so they name the same cells from any folder: absolute
+        paths, the resolved budget, the tracking store and experiment actually used. Recorded
+        in ``study.json``; ``resume --study DIR`` replays them (fault drills are not kept)."""
+        name = self.grid
+        if Path(name).suffix in (".yaml", ".yml") and Path(name).exists():
+            name = str(Path(name).resolve())
+        out = ["--grid", name, "--study-dir", str(study_dir), "--data", store,
+               "--budget", grid.budget, "--tracking-uri", uri, "--experiment", experiment]
+        if self.seeds:
+            out += ["--seeds", ",".join(str(s) for s in self.seeds)]
+        for overlay in self.overlays:
+            out += ["--overlay", str(overlay)]
+        for key, value in self.overrides.items():
+            out += ["--set", f"{key}={value}"]
+        res = self.resources
+        out += ["--cpus-per-trial", f"{res.cpus_per_trial:g}", "--max-concurrent",
+                str(res.max_concurrent), "--max-failures", str(res.max_failures)]
+        if res.gpus_per_trial is not None:
+            out += ["--gpus-per-trial", f"{res.gpus_per_trial:g}"]
+        if self.address:
+            out += ["--address", self.address, "--connect-timeout", f"{self.connect_timeout:g}"]
+        if self.num_samples is not None:
+            out += ["--num-samples", str(self.num_samples)]
+        return out + ([] if self.report else ["--no-report"])
 
-        args = [a for a in self.argv if a != "study"] or ["--grid", self.grid]
-        return "python run_study.py " + shlex.join(args)
+
+def resume_command(study_dir: Path) -> str:
+    """The command that continues a study from its folder (``study.json`` holds the flags)."""
+    import shlex
+
+    return f"python run_study.py resume --study {shlex.quote(str(study_dir))}"
+
+
+def recorded_invocation(study_dir: Path) -> list[str]:
+    """The flags ``study.json`` recorded for the study in ``study_dir`` (``resume``)."""
+    meta_path = study_dir / "study.json"
+    if not meta_path.exists():
+        raise UserError(f"{study_dir}: no study.json (not a study folder, or the study never started)")
+    try:
+        argv = json.loads(meta_path.read_text()).get("invocation")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{meta_path}: unreadable ({exc})") from None
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise UserError(f"{meta_path} records no invocation (written by an older version): "
+                        "re-run the study's original command instead")
+    return list(argv)
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -155,7 +197,8 @@ def open_session(options: StudyOptions, grid: Grid, store: str,
         tracker.claim_study_dir(study_dir)
     write_text(study_dir / "study.json", json.dumps(
         {"tracking_uri": uri, "experiment": experiment, "grid": grid.name, "budget": grid.budget,
-         "data": store, "store_id": manifest["store_id"]}, indent=2))
+         "data": store, "store_id": manifest["store_id"],
+         "invocation": options.invocation(grid, study_dir, store, uri, experiment)}, indent=2))
     stale = tracker.close_running("KILLED", "an earlier invocation stopped without ending it")
     if stale:
         print(f"closed {stale} run(s) left RUNNING by an earlier invocation (now KILLED)", flush=True)

@@ -89,9 +89,9 @@ def _interrupt_stops_cleanly(study):
     out, _ = proc.communicate(timeout=240)
     text = "".join(lines) + out
     assert proc.returncode == 130, text
-    assert "Re-run the same command to resume" in text
-    hint = text.split("Re-run the same command to resume:")[1].strip().splitlines()[0]
-    assert hint == "python run_study.py " + " ".join(_args(study_dir, store, "--no-report"))
+    assert "Interrupted. To resume" in text
+    hint = text.split("Interrupted. To resume")[1].splitlines()[1].strip()
+    assert hint == f"python run_study.py resume --study {study_dir.resolve()}"
     assert all(r.info.status != "RUNNING" for r in _runs(study_dir))
 
 

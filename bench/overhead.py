@@ -1,0 +1,188 @@
+"""Overhead of the study runner (Ray Tune + MLflow + checkpoints) over a plain loop.
+
+1. Calibrate: one cell trained by ``core.trainer.fit`` for ``--trial-seconds`` (the
+   ``train.max_seconds`` cap) gives the step count N of a trial that long.
+2. K cells (one FLAIR cell x K seeds, ``train.max_steps=N``, no time cap, so both sides do
+   exactly the same work) run through ``run_study.py`` (one at a time, ``--cpus-per-trial``
+   threads each) and through a plain loop in one process (``fit`` then the same evaluation
+   as the trainable), both as fresh processes timed from outside (imports, Ray start and
+   MLflow setup included). Prints the ratio (target <= 1.10 at 30-s trials).
+3. Driver peak RSS (``ru_maxrss`` of the driver process itself, not of Ray's processes)
+   over a full run of ``--rss-grid`` (default transfer_all: 63 cells) with the ``smoke``
+   budget and ``--rss-steps`` steps per trial.
+
+    python bench/overhead.py                              # K=4 trials of 30 s, 63-cell RSS
+    python bench/overhead.py --k 2 --trial-seconds 10 --rss-grid ''   # quick, no RSS run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ONE_CELL = """\
+budget: smoke
+seeds: [0]
+families:
+  one:
+    kind: train
+    axes:
+      modalities: [flair]
+"""
+
+
+def _timed(cmd: list[str], log: Path) -> tuple[float, float]:
+    """(wall seconds, seconds from the first ``== stage`` line to the study's summary line:
+    the trials phase, without process start, Ray start or MLflow setup)."""
+    started = time.monotonic()
+    first = last = 0.0
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if line.startswith("== stage") and not first:
+                first = time.monotonic()
+            if " trials in " in line and " finished, " in line:
+                last = time.monotonic()
+        rc = proc.wait()
+    took = time.monotonic() - started
+    if rc != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {rc}; see {log}")
+    return took, (last - first if first and last else 0.0)
+
+
+def _cells(grid: str, store: str, budget: str, seeds: tuple[int, ...], sets: list[str]):
+    from core.data.store import BratsStore
+    from study.grids import ExpandContext, expand
+    from study.session import eval_split_of, parse_sets
+
+    manifest = BratsStore(store).manifest
+    ctx = ExpandContext(budget, store, manifest["store_id"], seeds, (), parse_sets(sets))
+    return expand(grid, ctx).trials, eval_split_of(manifest)
+
+
+def plain_loop(args: argparse.Namespace) -> int:
+    """The same cells as the runner's, in this process: ``fit`` then the evaluation."""
+    import torch
+
+    from core.checkpoint import load_checkpoint
+    from core.config import from_dict
+    from core.trainer import fit
+    from study.trainable import eval_metrics
+
+    torch.set_num_threads(args.threads)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    trials, split = _cells(args.grid, args.data, args.budget, seeds, args.set)
+    steps, started = 0, time.monotonic()
+    for spec in trials:
+        cfg = from_dict(spec.config).replace({"train.device": "cpu"})
+        result = fit(cfg, Path(args.out) / spec.trial_id, provenance={"cell": spec.name})
+        eval_metrics(load_checkpoint(result.best_path), args.data, list(spec.eval_modalities),
+                     split, "cpu")
+        steps += result.steps
+    print(json.dumps({"steps": steps, "loop_s": time.monotonic() - started}))
+    return 0
+
+
+def driver_rss(study_args: list[str]) -> int:
+    """Run the study in this process; print the driver's own peak RSS (MiB)."""
+    import run_study
+
+    rc = run_study.main(study_args)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rc": rc, "driver_peak_rss_mib": round(peak, 1)}))
+    return rc
+
+
+def calibrate(store: str, grid: str, budget: str, seconds: float, threads: int, tmp: Path) -> int:
+    import torch
+
+    from core.config import from_dict
+    from core.trainer import fit
+
+    torch.set_num_threads(threads)
+    spec = _cells(grid, store, budget, (0,), [])[0][0]
+    cfg = from_dict(spec.config).replace({"train.device": "cpu", "train.max_epochs": 100000,
+                                          "train.patience": 0, "train.max_seconds": seconds})
+    result = fit(cfg, tmp / "calibrate")
+    return max(1, result.steps)
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--driver-rss"]:  # the rest is a study command line
+        return driver_rss(sys.argv[2:])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--k", type=int, default=4, help="trials on each side (0: only the RSS run)")
+    ap.add_argument("--trial-seconds", type=float, default=30.0, help="length of one trial")
+    ap.add_argument("--budget", default="smoke", help="training budget of the cells")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads = --cpus-per-trial")
+    ap.add_argument("--data", default=None, help="store (default: the synthetic one)")
+    ap.add_argument("--rss-grid", default="transfer_all", help="grid of the RSS run ('' = skip)")
+    ap.add_argument("--rss-steps", type=int, default=2, help="train.max_steps in the RSS run")
+    ap.add_argument("--plain-loop", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--grid", help=argparse.SUPPRESS)
+    ap.add_argument("--seeds", help=argparse.SUPPRESS)
+    ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.plain_loop:
+        return plain_loop(args)
+    from study.main import resolve_store
+
+    store = args.data or resolve_store(None)[0]
+    tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
+    grid = tmp / "one.yaml"
+    grid.write_text(ONE_CELL)
+    if args.k > 0:  # --k 0: the RSS run only
+        steps = calibrate(store, str(grid), args.budget, args.trial_seconds, args.threads, tmp)
+        print(f"calibration: {steps} steps = {args.trial_seconds:g} s of training (budget "
+              f"{args.budget}, {args.threads} threads)", flush=True)
+        seeds = ",".join(str(s) for s in range(args.k))
+        sets = [f"train.max_steps={steps}", "train.max_epochs=100000", "train.patience=0",
+                "train.max_seconds=0"]
+        common = ["--data", store, "--budget", args.budget, "--seeds", seeds]
+        plain_cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-loop", "--grid", str(grid),
+                     "--threads", str(args.threads), "--out", str(tmp / "plain"), *common,
+                     *(x for s in sets for x in ("--set", s))]
+        runner_cmd = [sys.executable, "run_study.py", "--grid", str(grid), "--study-dir",
+                      str(tmp / "study"), "--cpus-per-trial", str(args.threads), "--max-concurrent",
+                      "1", "--no-report", *common, *(x for s in sets for x in ("--set", s))]
+        plain, _ = _timed(plain_cmd, tmp / "plain.log")
+        loop = json.loads((tmp / "plain.log").read_text().strip().splitlines()[-1])["loop_s"]
+        print(f"plain loop: {args.k} trials in {plain:.1f} s (one process, fit + evaluation; "
+              f"the loop itself {loop:.1f} s)", flush=True)
+        runner, phase = _timed(runner_cmd, tmp / "runner.log")
+        print(f"runner:     {args.k} trials in {runner:.1f} s (run_study.py: Ray + MLflow + checkpoints;"
+              f" trials phase {phase:.1f} s)", flush=True)
+        print(f"overhead ratio runner / plain = {runner / plain:.3f} end to end (target <= 1.10), "
+              f"{phase / loop:.3f} trials phase / loop; {(runner - plain) / args.k:.1f} s per trial",
+              flush=True)
+    if args.rss_grid:
+        rss_cmd = [sys.executable, str(Path(__file__).resolve()), "--driver-rss", "--grid",
+                   args.rss_grid, "--data", store, "--budget", "smoke", "--study-dir",
+                   str(tmp / "rss"), "--set", f"train.max_steps={args.rss_steps}", "--no-report"]
+        took, _ = _timed(rss_cmd, tmp / "rss.log")
+        last = (tmp / "rss.log").read_text().strip().splitlines()[-1]
+        peak = json.loads(last)["driver_peak_rss_mib"]
+        summary = next((ln for ln in (tmp / "rss.log").read_text().splitlines()
+                        if " trials in " in ln and " finished, " in ln), "")
+        print(f"driver peak RSS over a full run of {args.rss_grid} (smoke budget, "
+              f"max_steps {args.rss_steps}): {peak:.0f} MiB; {summary.strip()} ({took:.0f} s)")
+    print(f"(logs in {tmp})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
