@@ -11,7 +11,11 @@ dtype/compression variants, and measures:
 * random-access batches of 64 slices (4 modalities, random 160x160 crops) per second:
   direct zarr reads, SliceDataset(cache=False) in-process, and a DataLoader with 2 workers;
   and the same batches read from the original NIfTI files (percentiles precomputed, so
-  the baseline only pays for reading).
+  the baseline only pays for reading);
+* N concurrent trials on this node (``--trials 1,2``), each a process holding the cached
+  training split as a trial does, with a private copy each or the node's one shared copy
+  (``core.data.shared_cache``): seconds to get the split, slices/s per trial, and the
+  host memory of all of them (sum of PSS: shared pages counted once).
 
 Files are in the page cache after the first pass, so this measures decode cost, not disk.
 """
@@ -160,6 +164,56 @@ def bench_dataset(location: Path, batches: int, workers: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def trial_worker(location: Path, shared: bool, seconds: float) -> None:
+    """One trial's data path (in its own process): cache the split, then cut random batches
+    for ``seconds``; prints one JSON line."""
+    import torch
+
+    from core.data.dataset import SliceDataset
+
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    ds = SliceDataset(location, "train", MODALITIES, CROP, train=True, cache=True, shared=shared)
+    load = time.perf_counter() - t
+    rng, n, t = random.Random(os.getpid()), 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        torch.stack([ds[rng.randrange(len(ds))][0] for _ in range(BATCH)])
+        n += BATCH
+    rate = n / (time.perf_counter() - t)
+    rollup = Path("/proc/self/smaps_rollup")
+    pss = next((int(line.split()[1]) / 1024 for line in rollup.read_text().splitlines()
+                if line.startswith("Pss:")), float("nan")) if rollup.exists() else float("nan")
+    print(json.dumps({"load_s": load, "slices_per_s": rate, "shared": ds.shared, "pss_mib": pss,
+                      "split_mib": ds.cached_bytes / 2**20}), flush=True)
+
+
+def bench_trials(location: Path, counts: list[int], seconds: float, work: Path) -> list[dict]:
+    """N trial processes at once, private copies vs the shared copy (a fresh shared folder
+    per run, so the first trial pays for writing it)."""
+    rows = []
+    for shared in (False, True):
+        for n in counts:
+            folder = work / "shm"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            env = {**os.environ, "SEGAN_SHARED_CACHE": str(folder)}
+            cmd = [sys.executable, __file__, "--worker", str(location), "--seconds", str(seconds)]
+            procs = [subprocess.Popen(cmd + (["--shared"] if shared else []), env=env,
+                                      stdout=subprocess.PIPE, text=True) for _ in range(n)]
+            out = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+            row = {"trials": n, "shared": all(o["shared"] for o in out),
+                   "load_s": max(o["load_s"] for o in out),
+                   "per_trial": sum(o["slices_per_s"] for o in out) / n,
+                   "total": sum(o["slices_per_s"] for o in out),
+                   "pss_mib": sum(o["pss_mib"] for o in out), "split_mib": out[0]["split_mib"]}
+            rows.append(row)
+            print(f"  {n} trial(s), {'shared copy ' if row['shared'] else 'private copies'}: "
+                  f"split {row['split_mib']:.0f} MiB ready in {row['load_s']:.1f} s, "
+                  f"{row['per_trial']:.0f} slices/s per trial ({row['total']:.0f} in all), "
+                  f"host memory (sum PSS) {row['pss_mib']:.0f} MiB", flush=True)
+    return rows
+
+
 def bench_nifti(root: Path, store: BratsStore, n_slices: int) -> float:
     """Slices/s reading the same kind of random slices from the source .nii.gz files."""
     import nibabel as nib
@@ -215,7 +269,14 @@ def main() -> int:
     ap.add_argument("--synthetic", type=int, default=0, help="add N synthetic 240^3-ish cases")
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--trials", default="1,2", help="concurrent trial processes, e.g. 1,2,4")
+    ap.add_argument("--seconds", type=float, default=5.0, help="seconds each trial cuts batches")
+    ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--shared", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        trial_worker(args.worker, args.shared, args.seconds)
+        return 0
     if not args.samples.is_dir():
         print(f"samples not found: {args.samples}", file=sys.stderr)
         return 1
@@ -245,6 +306,10 @@ def main() -> int:
             r for r in rows if r["variant"] == f"{layout['image_dtype']} {layout['codec']}"
         )
         report.update(dataloader_2_workers=loader, nifti=nifti, default=layout)
+        print(f"concurrent trials, each caching the training split ({args.seconds:g} s of "
+              "random batches each):")
+        report["trials"] = bench_trials(location, [int(n) for n in args.trials.split(",")],
+                                        args.seconds, work)
         print(f"NIfTI baseline (same random slices from the .nii.gz files): {nifti:.1f} slices/s")
         print(
             f"default store ({default['variant']}): SliceDataset in-process "

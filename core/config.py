@@ -22,6 +22,7 @@ import yaml
 
 from core.errors import ConfigError
 from core.postprocess import POSTPROCESSING
+from core.tta import TTA_MODES
 from core.vocabulary import MODALITIES, REGIONS
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -116,6 +117,9 @@ class DataConfig:
     num_workers: int = 0
     cache: bool = True
     """Load the split into memory (small stores) instead of reading zarr per slice."""
+    shared_cache: bool = True
+    """With ``cache``: the trials of a node map one shared copy of the training split
+    (``core.data.shared_cache``, in /dev/shm) instead of one private copy each."""
     on_device: str = "auto"
     """Hold the cached training split on the training device as float16 and cut batches
     there (``core.data.device_batches``): 'auto' (on CUDA), 'on' or 'off'."""
@@ -174,6 +178,10 @@ class TrainConfig:
     """Post-processing of predicted volumes (``core.postprocess``): 'none' (the paper),
     'largest_component', or 'auto' (the one with the higher validation dice, per model;
     stored in ``best.pt`` and used by the study's test evaluation and ``predict``)."""
+    tta: str = "none"
+    """Test-time augmentation of every volume prediction (``core.tta``): 'none' (the
+    paper) or 'flip' (mean with the left-right mirror); validation, the study's test
+    evaluation and ``predict`` alike."""
 
     def __post_init__(self) -> None:
         _check(self.max_epochs > 0, "train.max_epochs", f"must be > 0, got {self.max_epochs}")
@@ -190,6 +198,8 @@ class TrainConfig:
         _check(self.postprocess in (*POSTPROCESSING, "auto"), "train.postprocess",
                f"must be one of {', '.join((*POSTPROCESSING, 'auto'))}, got {self.postprocess!r}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        _check(self.tta in TTA_MODES, "train.tta",
+               f"must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ def store_data(cfg: ExperimentConfig, split: str = "val") -> TrainData:
         raise ConfigError("data.store: no store given (prepare one with `run_study.py prepare`)")
     fold = None if d.fold < 0 else d.fold
     train = SliceDataset(d.store, "train", d.modalities, d.train_crop, train=True,
-                         region=d.region, seed=cfg.train.seed, cache=d.cache, fold=fold)
+                         region=d.region, seed=cfg.train.seed, cache=d.cache, fold=fold,
+                         shared=d.shared_cache)
 
     def split_volumes() -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
         return iter_volumes(d.store, split, d.modalities, d.region, fold=fold)

@@ -52,7 +52,8 @@ def validate(state: TrainState, cfg: ExperimentConfig, source: TrainData,
     modes = POSTPROCESSING if auto else (cfg.train.postprocess,)
     by_mode = volumes.evaluate_volumes_modes(state.evaluated, source.val(), modes,
                                              cfg.train.threshold, device,
-                                             channels_last=cfg.train.channels_last)
+                                             channels_last=cfg.train.channels_last,
+                                             tta=cfg.train.tta)
     means = {mode: volumes.mean_metrics(results) for mode, results in by_mode.items()}
 
     def score(mode: str) -> tuple[float, bool]:

@@ -21,7 +21,7 @@ PROGRESS_EVERY = 60.0
 class StudyCallback(Callback):
     """Logs each epoch's metrics to the cell's MLflow run; ends runs with a status."""
 
-    def __init__(self, tracker: Tracker, total: int, done_before: int, stage: int,
+    def __init__(self, tracker: Tracker, total: int, done_before: int, label: str,
                  open_run: Callable[[Any], str] | None = None) -> None:
         self.tracker = tracker
         self.open_run = open_run
@@ -29,7 +29,8 @@ class StudyCallback(Callback):
         self.run_ids: dict[str, str] = {}
         self.total = total
         self.done = done_before
-        self.stage = stage
+        self.label = label
+        """Prefix of every progress line: ``study`` or ``hpo``."""
         self.completed: set[str] = set()
         self.failed: dict[str, str] = {}
         self.best: dict[tuple[str, str], tuple[float, str]] = {}
@@ -37,7 +38,7 @@ class StudyCallback(Callback):
         validated on the same inputs and region are comparable."""
         self.started: dict[str, float] = {}
         self.last_line: dict[str, float] = {}
-        self.done_before, self.stage_started = done_before, time.monotonic()  # for the ETA
+        self.done_before, self.launched = done_before, time.monotonic()  # for the ETA
         self.notes: set[tuple[str, str]] = set()
 
     @staticmethod
@@ -52,7 +53,7 @@ class StudyCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
-        if run_id:  # the run was created when the stage started: its start time is now
+        if run_id:  # the run was opened when Tune was handed the trial: its start is now
             self.tracker.trial_started(run_id)
         self.started[self._cell(trial)["trial_id"]] = time.monotonic()
 
@@ -73,7 +74,7 @@ class StudyCallback(Callback):
         note = result.get(NOTE_KEY)
         if note and (cell["trial_id"], note) not in self.notes:
             self.notes.add((cell["trial_id"], note))
-            print(f"[stage {self.stage}] {cell['name']}: {note}", flush=True)
+            print(f"[{self.label}] {cell['name']}: {note}", flush=True)
         for row in json.loads(result.get(HISTORY_KEY) or "[]"):
             self.tracker.log_metrics(run_id, {k: v for k, v in row.items() if "/" in k},
                                      step=int(row.get("epoch", 0)))
@@ -87,7 +88,7 @@ class StudyCallback(Callback):
             return
         self.last_line[cell["trial_id"]] = now
         elapsed = now - self.started.get(cell["trial_id"], now)
-        print(f"[stage {self.stage}] {cell['name']}: epoch {int(result.get('epoch', 0))}, "
+        print(f"[{self.label}] {cell['name']}: epoch {int(result.get('epoch', 0))}, "
               f"val dice {result.get('val/dice', float('nan')):.3f} "
               f"(best {result.get('val/best_dice', float('nan')):.3f}), {elapsed / 60:.1f} min"
               f"{trial_eta(cell, result, elapsed)}", flush=True)
@@ -142,9 +143,9 @@ class StudyCallback(Callback):
         top = self.best.get(comparable_group(cell))
         best = (f" | best val so far on {'+'.join(comparable_group(cell))} {top[0]:.3f} ({top[1]})"
                 if top else "")
-        eta = stage_eta(time.monotonic() - self.stage_started, self.done - self.done_before,
+        eta = study_eta(time.monotonic() - self.launched, self.done - self.done_before,
                         self.total - self.done)
-        print(f"[stage {self.stage}] {self.done}/{self.total} {what}: {cell['name']}{score} "
+        print(f"[{self.label}] {self.done}/{self.total} {what}: {cell['name']}{score} "
               f"({secs:.0f}s) | running {running}, pending {pending}{best}{eta}", flush=True)
 
 
@@ -161,13 +162,13 @@ def trial_eta(cell: dict[str, Any], result: dict[str, Any], elapsed: float) -> s
     return f", epoch cap {cap}, ≤ {left / 60:.1f} min left"
 
 
-def stage_eta(elapsed: float, finished: int, remaining: int) -> str:
-    """" | stage M min, ETA ~N min": this invocation's pace over the stage's remaining
-    trials (concurrency included, as the pace is measured in wall time)."""
+def study_eta(elapsed: float, finished: int, remaining: int) -> str:
+    """" | M min, ETA ~N min": this invocation's pace (trials finished per wall-clock
+    minute, concurrency included) over the study's remaining trials."""
     if finished <= 0:
         return ""
     eta = f", ETA ~{elapsed / finished * remaining / 60:.1f} min" if remaining > 0 else ""
-    return f" | stage {elapsed / 60:.1f} min{eta}"
+    return f" | {elapsed / 60:.1f} min{eta}"
 
 
 def _error_line(trial: Any) -> str:

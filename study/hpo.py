@@ -171,7 +171,7 @@ def run_hpo(session: Any) -> int:
             scheduler = ASHAScheduler(time_attr="epoch", metric=SCORE, mode="max", max_t=max_t,
                                       grace_period=grace, reduction_factor=2)
             runner.launch("hpo", {"trial": runner.cell(spec, "", None), "sampled": space},
-                          StudyCallback(tracker, remaining, 0, 1, open_run=open_run),
+                          StudyCallback(tracker, remaining, 0, "hpo", open_run=open_run),
                           search_alg=searcher, scheduler=scheduler, num_samples=remaining)
         parent["status"] = "FINISHED"
         parent["summary"].update(samples=wanted)

@@ -1,5 +1,5 @@
 """Orchestration of `run_study.py study` and `report`: resolve data, expand the
-grid, start Ray, track in MLflow, run stages, write the report."""
+grid, start Ray, track in MLflow, run the cells, write the report."""
 
 from __future__ import annotations
 
@@ -55,16 +55,40 @@ def study_tracking(study_dir: Path, uri: str | None, experiment: str | None) -> 
     return uri, experiment
 
 
-def print_plan(grid: Grid) -> None:
+def print_plan(grid: Grid, states: dict[str, str] | None = None) -> None:
+    """The cells by dependency depth, each with its source and, where the study folder
+    already has a run of it, that run's state."""
+    states = states or {}
     print(f"grid {grid.name}: {len(grid.trials)} trials, budget {grid.budget}")
     if grid.description:
         print(f"  {grid.description}")
+    if states:
+        finished = sum(states.get(t.trial_id) == "finished" for t in grid.trials)
+        print(f"  {finished} of {len(grid.trials)} already finished in this study folder "
+              "(a run skips them)")
     names = {t.trial_id: t.name for t in grid.trials}
     for number, stage in enumerate(grid.stages(), start=1):
         print(f"\nstage {number} ({len(stage)} trials)")
         for t in stage:
             dep = f"  <- {names.get(t.depends_on, t.depends_on)}" if t.depends_on else ""
-            print(f"  {t.trial_id}  {t.name}{dep}")
+            state = f"  [{states[t.trial_id]}]" if t.trial_id in states else ""
+            print(f"  {t.trial_id}  {t.name}{dep}{state}")
+
+
+def recorded_states(options: StudyOptions, grid: Grid) -> dict[str, str]:
+    """The state of each cell's run in the study folder a run would use (nothing when the
+    folder has no study yet; nothing is created)."""
+    study_dir = options.study_dir or Path("studies") / grid.name
+    if not (study_dir / "study.json").exists():
+        return {}
+    from study.mlflow_results import cell_states
+
+    try:
+        uri, experiment = study_tracking(study_dir, options.tracking_uri, options.experiment)
+        return cell_states(uri, experiment)
+    except UserError as exc:
+        print(f"note: runs of {study_dir} not read: {exc}", flush=True)
+        return {}
 
 
 def _expand(options: StudyOptions, store: str, manifest: dict[str, Any]) -> Grid:
@@ -135,7 +159,7 @@ def run_study_command(args: argparse.Namespace) -> int:
     store, manifest = resolve_store(options.data)  # a dry run names the same cells as the run
     grid = _expand(options, store, manifest)  # fails on bad grids before anything starts
     if args.dry_run:
-        print_plan(grid)
+        print_plan(grid, recorded_states(options, grid))
         if grid.search:
             from study.hpo import describe_space
 

@@ -76,6 +76,17 @@ def latest_runs(uri: str, experiment: str) -> list[Any]:
     return sorted(latest.values(), key=lambda r: r.info.run_name or r.info.run_id)
 
 
+def cell_states(uri: str, experiment: str) -> dict[str, str]:
+    """trial id → what its latest run says: finished, failed, skipped, killed or running."""
+    states = {}
+    for run in latest_runs(uri, experiment):
+        status = str(run.info.status).lower()
+        if status == "killed" and "skipped_reason" in run.data.tags:
+            status = "skipped"
+        states[run.data.tags.get("trial_id", "")] = status
+    return states
+
+
 def best_run(uri: str, experiment: str) -> Any:
     """The FINISHED cell with its own checkpoint and the highest validation dice
     (``val/best_dice``: chosen on validation, never on the evaluation split)."""

@@ -63,7 +63,8 @@ def build_card(state: Mapping[str, Any], checkpoint: Path, cell: Mapping[str, An
                      "or explicit --flair/--t1/--t1c/--t2 files"},
         "output": {"mask": f"uint8 NIfTI, 1 = {region.upper()}, in the input's original grid "
                            f"(affine and header of the input)",
-                   "threshold": cfg["train"].get("threshold", 0.5)},
+                   "threshold": cfg["train"].get("threshold", 0.5),
+                   "test_time_augmentation": cfg["train"].get("tta", "none")},
         "preprocessing": {
             "crop": list(prep.get("crop", [])),
             "crop_axes": "X, Y, Z (nibabel order); centred; smaller axes zero-padded, never "
@@ -141,7 +142,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"- clip to the {prep['clip_percentiles'][0]:g}–{prep['clip_percentiles'][1]:g} "
         f"percentiles; {prep['scaling']}",
         f"- {prep['slicing']}", "",
-        "## Output", "", f"{card['output']['mask']}; threshold {card['output']['threshold']}.", "",
+        "## Output", "", f"{card['output']['mask']}; threshold {card['output']['threshold']}; "
+        f"test-time augmentation {card['output']['test_time_augmentation']}.", "",
         "## Training", "",
         f"- store id `{train['store_id']}` ({train['store']})",
         f"- split sizes (cases): {', '.join(f'{k} {v}' for k, v in train['split_sizes'].items())}",

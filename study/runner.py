@@ -1,6 +1,7 @@
-"""Run a grid on Ray Tune, stage by stage, tracked in MLflow, resumable.
+"""Run a grid on Ray Tune, tracked in MLflow, resumable.
 
-Tune has no inter-trial dependencies, so each stage is its own Tuner; a cell
+One Tuner runs every cell; Tune has no inter-trial dependencies, so a searcher
+(``study.scheduling``) releases a cell once its source has finished, and a cell
 whose source did not finish is skipped with the reason. Resume = run the same
 command again: finished cells (by identity, looked up in MLflow) are skipped,
 unfinished ones restart from their ``last.pt``, and no cell gets a second run.
@@ -81,16 +82,63 @@ class StudyRunner:
         return self._gpus
 
     def run(self) -> StageOutcome:
-        total = StageOutcome()
-        for number, stage in enumerate(self.grid.stages(), start=1):
-            outcome = self.run_stage(number, stage)
-            total.done += outcome.done
-            total.failed.update(outcome.failed)
-            total.skipped.update(outcome.skipped)
-            if outcome.interrupted:
-                total.interrupted = True
-                break
-        return total
+        """Every cell of the grid through one Tuner; a cell starts as soon as its own source
+        has finished (``study.scheduling``). Finished cells are skipped, and a cell whose
+        source failed is marked skipped with the reason."""
+        from study.callbacks import StudyCallback
+        from study.scheduling import DependencySearcher, Plan, Release
+
+        outcome = StageOutcome()
+        runs = self.tracker.trial_runs()
+        plan = Plan()
+        in_grid = {t.trial_id for t in self.grid.trials}
+        early_skips: list[tuple[TrialSpec, str]] = []
+        for spec in self.grid.trials:
+            run = runs.get(spec.trial_id)
+            if run is not None and run.info.status == "FINISHED":
+                outcome.done.append(spec.trial_id)
+                plan.checkpoints[spec.trial_id] = run.data.tags.get("best_checkpoint", "")
+                continue
+            if spec.depends_on and spec.depends_on not in in_grid:  # a source outside this grid
+                reason, ckpt = self._source_checkpoint(spec, runs)
+                if reason:
+                    early_skips.append((spec, reason))
+                    continue
+                plan.checkpoints[spec.depends_on] = ckpt or ""
+            plan.pending.append(spec)
+
+        def open_cell(spec: TrialSpec, source_ckpt: str | None) -> dict[str, Any]:
+            tags = run_tag_values(self.grid, spec, self.context_tags)
+            return self.cell(spec, self.tracker.open_trial_run(spec, tags, runs.get(spec.trial_id)),
+                             source_ckpt)
+
+        def skip(spec: TrialSpec, reason: str) -> None:
+            self.tracker.mark_skipped(spec, run_tag_values(self.grid, spec, self.context_tags),
+                                      runs.get(spec.trial_id), reason)
+            print(f"[study] skipped {spec.name}: {reason}", flush=True)
+
+        searcher = DependencySearcher(plan, Release(open_cell, skip),
+                                      {t.trial_id: t.name for t in self.grid.trials})
+        for spec, reason in early_skips:
+            searcher.skip_cell(spec, reason)
+        kinds = ", ".join(f"{sum(1 for s in self.grid.trials if s.kind == k)} {k}"
+                          for k in sorted({s.kind for s in self.grid.trials}))
+        print(f"\n== {len(self.grid.trials)} trials ({kinds}); {len(outcome.done)} already "
+              f"finished, {len(early_skips)} skipped, {len(plan.pending)} to run; each starts "
+              f"as soon as its source has finished ==", flush=True)
+        if plan.pending:
+            callback = StudyCallback(self.tracker, len(self.grid.trials),
+                                     len(outcome.done) + len(early_skips), "study")
+            self.launch("study", {}, callback, search_alg=searcher, num_samples=-1)
+            outcome.done += sorted(callback.completed)
+            outcome.failed.update(callback.failed)
+            for cell in searcher.cells:
+                if cell["trial_id"] not in callback.completed | set(callback.failed):
+                    outcome.interrupted = True
+                    self.tracker.finish(cell["run_id"], "KILLED")
+        outcome.skipped.update(searcher.skipped)
+        outcome.interrupted = outcome.interrupted or bool(searcher.unreleased)
+        return outcome
 
     def cell(self, spec: TrialSpec, run_id: str, source_ckpt: str | None) -> dict[str, Any]:
         """The plain-data trial config handed to the Ray trainable (absolute paths only)."""
@@ -104,63 +152,6 @@ class StudyRunner:
             "inject_failure": self.resources.inject_failure,
             "budget": self.grid.budget,
         }
-
-    def run_stage(self, number: int, stage: list[TrialSpec]) -> StageOutcome:
-        outcome = StageOutcome()
-        runs = self.tracker.trial_runs()
-        cells = []
-        for spec in stage:
-            run = runs.get(spec.trial_id)
-            tags = run_tag_values(self.grid, spec, self.context_tags)
-            if run is not None and run.info.status == "FINISHED":
-                outcome.done.append(spec.trial_id)
-                continue
-            source_ckpt = None
-            if spec.depends_on:
-                reason, source_ckpt = self._source_checkpoint(spec, runs)
-                if reason:
-                    self.tracker.mark_skipped(spec, tags, run, reason)
-                    outcome.skipped[spec.trial_id] = reason
-                    print(f"[stage {number}] skipped {spec.name}: {reason}", flush=True)
-                    continue
-            run_id = self.tracker.open_trial_run(spec, tags, run)
-            cells.append(self.cell(spec, run_id, source_ckpt))
-        kinds = ", ".join(f"{sum(1 for s in stage if s.kind == k)} {k}" for k in
-                          sorted({s.kind for s in stage}))
-        print(f"\n== stage {number}: {len(stage)} trials ({kinds}); {len(outcome.done)} already "
-              f"finished, {len(outcome.skipped)} skipped, {len(cells)} to run ==", flush=True)
-        if cells:
-            self._tune(number, cells, len(stage), len(outcome.done) + len(outcome.skipped), outcome)
-        return outcome
-
-    def _source_checkpoint(self, spec: TrialSpec, runs: dict[str, Any]) -> tuple[str, str | None]:
-        src = runs.get(spec.depends_on or "")
-        name = self.grid.by_id().get(spec.depends_on or "")
-        src_name = name.name if name else spec.depends_on
-        if src is None or src.info.status != "FINISHED":
-            status = "did not run" if src is None else src.info.status.lower()
-            err = f" ({src.data.tags['error']})" if src is not None and "error" in src.data.tags else ""
-            return f"source {src_name} {status}{err}", None
-        ckpt = src.data.tags.get("best_checkpoint", "")
-        if not ckpt or not Path(ckpt).exists():
-            return f"source {src_name} checkpoint missing: {ckpt or '(none)'}", None
-        return "", ckpt
-
-    def _tune(self, number: int, cells: list[dict[str, Any]], total: int, done_before: int,
-              outcome: StageOutcome) -> None:
-        from ray import tune
-
-        from study.callbacks import StudyCallback
-
-        callback = StudyCallback(self.tracker, total, done_before, number)
-        self.launch(f"stage{number}", {"trial": tune.grid_search(cells)}, callback)
-        outcome.done += sorted(callback.completed)
-        outcome.failed.update(callback.failed)
-        for cell in cells:
-            tid = cell["trial_id"]
-            if tid not in callback.completed and tid not in callback.failed:
-                outcome.interrupted = True
-                self.tracker.finish(cell["run_id"], "KILLED")
 
     def launch(self, name: str, param_space: dict[str, Any], callback: Any, *,
                search_alg: Any = None, scheduler: Any = None, num_samples: int = 1) -> None:

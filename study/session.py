@@ -169,8 +169,12 @@ class StudySession:
     """The open lock file: held until ``close`` (the OS releases it if the process dies)."""
 
     def close(self) -> None:
-        """Deliver the tracking journal (briefly), then release the study folder."""
+        """Deliver the tracking journal (briefly), drop this node's shared copy of the
+        training data, then release the study folder."""
+        from core.data import shared_cache
+
         self.tracker.close(wait_s=0.0 if self.tracker.outage.down else 30.0)
+        shared_cache.remove(str(self.manifest["store_id"]))
         if self.lock is not None:
             self.lock.close()
             self.lock = None

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Trials share cached splits through files in /dev/shm (core/data/shared_cache.py): the
+# suite, its subprocesses and Ray workers use a folder of their own, removed at the end.
+_SHARED_CACHE = tempfile.mkdtemp(prefix="segan-tests-shm-",
+                                 dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+os.environ["SEGAN_SHARED_CACHE"] = _SHARED_CACHE
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SHARED_CACHE, ignore_errors=True)
 
 # ---------------------------------------------------------------- data fixtures
 # Real BraTS samples live beside the repository (../shared/data/brats-samples), never in it.

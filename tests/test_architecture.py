@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN_IN_CORE = ("ray", "mlflow", "optuna", "study")
 # external system -> the study modules allowed to import it
 ADAPTERS = {
-    "ray": {"runner", "trainable", "callbacks", "hpo"},
+    "ray": {"runner", "scheduling", "trainable", "callbacks", "hpo"},
     "mlflow": {"tracking", "report_stats", "predict_cli", "mlflow_meta", "mlflow_results"},
     "optuna": {"hpo"},
 }

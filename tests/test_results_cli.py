@@ -41,16 +41,16 @@ def test_list_grids_counts_trials(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_progress_lines_have_an_eta() -> None:
-    from study.callbacks import stage_eta, trial_eta
+    from study.callbacks import study_eta, trial_eta
 
     cell = {"config": {"train": {"max_epochs": 10, "max_seconds": 0}}}
     assert trial_eta(cell, {"epoch": 2}, 120.0) == ", epoch cap 10, ≤ 8.0 min left"
     capped = {"config": {"train": {"max_epochs": 10, "max_seconds": 300}}}
     assert trial_eta(capped, {"epoch": 2}, 120.0) == ", epoch cap 10, ≤ 3.0 min left"
     assert trial_eta(cell, {"epoch": 10}, 600.0) == ""
-    assert stage_eta(600.0, 2, 4) == " | stage 10.0 min, ETA ~20.0 min"
-    assert stage_eta(600.0, 2, 0) == " | stage 10.0 min"
-    assert stage_eta(5.0, 0, 4) == ""
+    assert study_eta(600.0, 2, 4) == " | 10.0 min, ETA ~20.0 min"
+    assert study_eta(600.0, 2, 0) == " | 10.0 min"
+    assert study_eta(5.0, 0, 4) == ""
 
 
 def test_every_cell_gets_the_same_dice_column() -> None:
@@ -71,7 +71,7 @@ def test_best_so_far_ranks_by_validation_among_comparable_cells_only() -> None:
     def cell(name: str, mods: list[str], region: str = "wt", kind: str = "train") -> dict:
         return {"name": name, "kind": kind, "config": {"data": {"modalities": mods, "region": region}}}
 
-    cb = StudyCallback(tracker=None, total=4, done_before=0, stage=1)  # type: ignore[arg-type]
+    cb = StudyCallback(tracker=None, total=4, done_before=0, label="study")  # type: ignore[arg-type]
     cb.rank(cell("four", ["flair", "t1", "t1c", "t2"]), {"val/best_dice": 0.9,
                                                        "eval/test/flair-t1-t1c-t2/dice": 0.1})
     cb.rank(cell("t1", ["t1"]), {"val/best_dice": 0.5, "eval/test/t1/dice": 0.99})

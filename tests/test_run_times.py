@@ -1,5 +1,5 @@
-"""MLflow run times on a real SQLite store: a trial's run starts when the trial starts (runs
-are created when their stage starts) and its duration is the trial's own."""
+"""MLflow run times on a real SQLite store: a trial's run starts when the trial starts (a run is
+opened when Tune is handed its cell, which may wait for a free slot) and its duration is the trial's own."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ def test_runs_start_with_their_trial_and_last_as_long_as_it(tmp_path):
     tracker = Tracker(default_tracking_uri(tmp_path), "t", artifact_root=tmp_path / "art")
     specs = expand("smoke", ExpandContext("smoke", "/s.zarr", "sid", (0,))).trials[:2]
     tracker.start_parent("first", {}, {"grid": "smoke"})
-    # the stage starts: both runs are created now
+    # both cells are handed to Tune: both runs are opened now
     stage_start = time.time()
     runs = [tracker.open_trial_run(s, {"trial_id": f"t{i}"}, None) for i, s in enumerate(specs)]
-    callback = StudyCallback(tracker, total=2, done_before=0, stage=1)
+    callback = StudyCallback(tracker, total=2, done_before=0, label="study")
     time.sleep(1.0)
     first_start = time.time()
     callback.on_trial_start(0, [], _trial(runs[0], "t0"))

@@ -1,7 +1,8 @@
 """End-to-end `smoke` study on the real stack: Ray Tune, MLflow (SQLite), zarr.
 
 One study folder goes through three invocations (one test, in order):
-1. with a deliberately failing source: the failure is recorded, its dependants skipped;
+1. with a deliberately failing source: the failure is recorded, its dependants skipped
+   (and a dry run marks each cell as its run left it);
 2. a fresh process interrupted with SIGINT: stops cleanly, leaves no RUNNING run;
 3. the same command again: resumes, and every grid cell ends with exactly one
    FINISHED run; transfers start from their source's best weights; the report
@@ -67,6 +68,23 @@ def _failing_source_skips_its_dependants(study):
     assert others and all(r.info.status == "FINISHED" for r in others)
 
 
+def _dry_run_marks_recorded_cells(study, capsys):
+    study_dir, store = study
+    capsys.readouterr()
+    assert run_study.main(_args(study_dir, store, "--dry-run")) == 0
+    out = capsys.readouterr().out
+    grid = _grid(store)
+    failed = next(t for t in grid.trials if t.name.startswith(FAILING_SOURCE))
+    lines = {t.trial_id: next(ln for ln in out.splitlines() if ln.strip().startswith(t.trial_id))
+             for t in grid.trials}
+    assert lines[failed.trial_id].endswith("[failed]")
+    for t in grid.trials:
+        if t.depends_on == failed.trial_id:
+            assert lines[t.trial_id].endswith("[skipped]"), lines[t.trial_id]
+    finished = [t for t in grid.trials if lines[t.trial_id].endswith("[finished]")]
+    assert finished and f"{len(finished)} of {len(grid.trials)} already finished" in out
+
+
 def _interrupt_stops_cleanly(study):
     study_dir, store = study
     cmd = [sys.executable, str(REPO / "run_study.py"), *_args(study_dir, store, "--no-report")]
@@ -77,9 +95,9 @@ def _interrupt_stops_cleanly(study):
     assert not first_epoch.exists()  # it failed at start in test 1
     lines = []
     deadline = time.monotonic() + 240
-    for line in proc.stdout:  # wait until stage 1 has launched the failed source again
+    for line in proc.stdout:  # wait until the Tuner has launched the failed source again
         lines.append(line)
-        if line.startswith("== stage 1"):
+        if line.startswith("== ") and "to run" in line:
             break
         assert time.monotonic() < deadline, "".join(lines)
     while not first_epoch.exists():  # ... and it has finished an epoch: interrupt mid-training
@@ -130,10 +148,11 @@ def _rerun_resumes_without_duplicates(study):
     assert (report / "fig2_cross_modality.png").stat().st_size > 1000
 
 
-def test_fail_interrupt_resume(tmp_path, synthetic_store, ray_session):
+def test_fail_interrupt_resume(tmp_path, synthetic_store, ray_session, capsys):
     """The three invocations on one study folder, in order, within one test (so the suite's
     tests stay independent of their order)."""
     study = (tmp_path / "study", synthetic_store)
     _failing_source_skips_its_dependants(study)
+    _dry_run_marks_recorded_cells(study, capsys)
     _interrupt_stops_cleanly(study)
     _rerun_resumes_without_duplicates(study)

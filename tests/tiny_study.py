@@ -89,7 +89,7 @@ def build_tiny_study(root: Path) -> TinyStudy:
              "tags": json.dumps({"best_checkpoint": str(result.best_path)}), FINAL_KEY: 1}
     cell = {"trial_id": spec.trial_id, "name": spec.name, "kind": spec.kind,
             "config": spec.config, "eval_split": "test"}
-    StudyCallback(tracker, 1, 0, 1)._final(cell, run_id, final)
+    StudyCallback(tracker, 1, 0, "study")._final(cell, run_id, final)
     tracker.finish(run_id, "FINISHED")
     tracker.end_parent("FINISHED", {"done": 1})
     case = next(p for p in sorted((raw / "HGG").iterdir()) if p.is_dir())

@@ -55,6 +55,8 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         cache: load the split into memory once (stored dtype, float16) -- for stores that
             fit in RAM; False reads each slice from the store (~0.3 ms a slice locally),
             which is opened lazily in each process (fork/spawn safe).
+        shared: with ``cache``, map the node's one shared copy of the split
+            (``core.data.shared_cache``) instead of reading a private one, where it fits.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         seed: int = 0,
         cache: bool = True,
         fold: int | None = None,
+        shared: bool = False,
     ) -> None:
         opened = _open(store)
         check_names("region", [region], REGIONS)
@@ -91,10 +94,20 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self._images: list[np.ndarray] | None = None
         self._masks: list[np.ndarray] | None = None
         self._tumour: list[int] | None = None
+        self.shared = False
+        """True when the cache maps the node's shared copy (read-only pages)."""
         if cache:
-            self._load_cache(opened)
+            self._load_cache(opened, shared)
 
-    def _load_cache(self, store: BratsStore) -> None:
+    def _load_cache(self, store: BratsStore, shared: bool) -> None:
+        if shared:
+            from core.data.shared_cache import load_split
+
+            found = load_split(store, self.case_ids, self.modalities, self.region)
+            if found is not None:
+                self._images, self._masks = found
+                self.shared = True
+                return
         nbytes = len(self) * len(self.channels) * self.height * self.width * 2
         if nbytes > _CACHE_WARN_BYTES:
             warnings.warn(

@@ -108,7 +108,8 @@ def predict_case(
     dev = resolve_device(device)
     segmentor.to(dev)
 
-    prob_zhw = predict_volume(segmentor, pre.image, dev, batch_size=batch_size)
+    prob_zhw = predict_volume(segmentor, pre.image, dev, batch_size=batch_size,
+                              tta=cfg.train.tta)
     mask_zhw = postprocess(prob_zhw >= cfg.train.threshold,
                            checkpoint_postprocessing(checkpoint)).astype(np.uint8)
 

@@ -15,6 +15,7 @@ from core import metrics
 from core.postprocess import postprocess
 from core.protocol import ALIGN, window_slices
 from core.surface import hd95
+from core.tta import predict_with
 
 
 @torch.no_grad()
@@ -24,8 +25,10 @@ def predict_volume(
     device: torch.device | str = "cpu",
     batch_size: int = 32,
     channels_last: bool = False,
+    tta: str = "none",
 ) -> np.ndarray:
-    """Probabilities for every voxel of every slice of a volume.
+    """Probabilities for every voxel of every slice of a volume (averaged over the views of
+    test-time augmentation ``tta``, ``core.tta``).
 
     ``image``: float ``(Z, C, H, W)`` in [0, 1], any H and W: slices are zero-padded to a
     multiple of 16 (zero is the preprocessed background) and the padding is stripped.
@@ -44,7 +47,7 @@ def predict_volume(
         if pad_h or pad_w:
             x = F.pad(x, (left, pad_w - left, top, pad_h - top))
         x = x.contiguous(memory_format=memory_format)
-        prob = segmentor(x)[:, 0, top : top + h, left : left + w]
+        prob = predict_with(tta, segmentor, x)[:, 0, top : top + h, left : left + w]
         out[start : start + batch_size] = prob.float().cpu().numpy()
     segmentor.train(was_training)
     return out
@@ -86,6 +89,7 @@ def evaluate_volumes(
     channels_last: bool = False,
     spacing: Spacing | None = None,
     postprocessing: str = "none",
+    tta: str = "none",
 ) -> list[VolumeResult]:
     """Per-volume counts for ``(case_id, image (Z,C,H,W), mask (Z,H,W))`` items.
 
@@ -95,7 +99,7 @@ def evaluate_volumes(
     (final evaluation; validation skips it) HD95 in mm is computed in the same window.
     """
     return evaluate_volumes_modes(segmentor, volumes, (postprocessing,), threshold, device,
-                                  batch_size, channels_last, spacing)[postprocessing]
+                                  batch_size, channels_last, spacing, tta)[postprocessing]
 
 
 def evaluate_volumes_modes(
@@ -107,12 +111,13 @@ def evaluate_volumes_modes(
     batch_size: int = 32,
     channels_last: bool = False,
     spacing: Spacing | None = None,
+    tta: str = "none",
 ) -> dict[str, list[VolumeResult]]:
     """``evaluate_volumes`` under several post-processing ``modes`` from one prediction
     per volume: ``{mode: [VolumeResult per volume]}``."""
     results: dict[str, list[VolumeResult]] = {mode: [] for mode in modes}
     for case_id, image, mask in volumes:
-        prob = predict_volume(segmentor, image, device, batch_size, channels_last)
+        prob = predict_volume(segmentor, image, device, batch_size, channels_last, tta)
         rows, cols = window_slices(mask.shape[1], mask.shape[2])
         truth = mask[:, rows, cols]
         for mode in modes:
@@ -182,4 +187,4 @@ def evaluate_checkpoint(
     volumes = iter_volumes(opened, split, modalities, cfg.data.region, fold=fold)
     return evaluate_volumes(segmentor, volumes, cfg.train.threshold, device,
                             spacing=lambda case_id: stored_spacing(opened.case_info(case_id)),
-                            postprocessing=checkpoint_postprocessing(state))
+                            postprocessing=checkpoint_postprocessing(state), tta=cfg.train.tta)
