@@ -34,13 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from core.checkpoint import load_checkpoint  # noqa: E402
-from core.config import flatten  # noqa: E402
 from core.data.brats import discover_cases  # noqa: E402
 from core.data.prepare import prepare  # noqa: E402
 from core.data.store import BratsStore  # noqa: E402
 from core.device import CPU_BF16_FLAGS, cpu_flags  # noqa: E402
 from core.evaluation.cases import predict_to_file  # noqa: E402
 from core.evaluation.mask_files import evaluate_folders  # noqa: E402
+from core.nested import flatten  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 ROOTS = (SHARED / "brats-dev", SHARED / "brats-samples" / "brats2018")

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.config import CONFIG_DIR, ExperimentConfig, load_config, read_yaml
+from core.config import CONFIG_DIR, ExperimentConfig, load_config
 from core.errors import ConfigError
 from core.freezing import STRATEGIES
+from core.nested import read_yaml
 from core.vocabulary import MODALITIES, REGIONS, VARIANTS
 
 GRID_DIR = CONFIG_DIR / "grids"

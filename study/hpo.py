@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from core.atomic import write_text
-from core.config import unflatten
 from core.errors import ConfigError
+from core.nested import unflatten
 from study.grids import Grid
 
 SCORE = "val/best_dice"
@@ -77,7 +77,8 @@ def write_best_overlay(tracker: Any, family: str, study_dir: Path, manifest: dic
 def check_space(grid: Grid) -> dict[str, Any]:
     """The search space as Tune distributions; every key must be a config key, every value
     valid for it (checked on each bound and choice before anything starts)."""
-    from core.config import from_dict, merge
+    from core.config import from_dict
+    from core.nested import merge
 
     if len(grid.trials) != 1:
         raise ConfigError(f"grid {grid.name}: a search grid needs exactly one base cell, "

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.config import flatten
 from core.errors import UserError
+from core.nested import flatten
 from study.journal import Journal, Outage, first_line
 
 # A dead or hung server must not hold the driver for minutes per call: ~33 s at most

@@ -19,9 +19,10 @@ from typing import Any
 from core import metrics
 from core.atomic import write_text
 from core.checkpoint import load_checkpoint, load_resume_checkpoint, weights_digest
-from core.config import from_dict, merge, unflatten
+from core.config import from_dict
 from core.device import resolve_device
 from core.evaluation import volumes
+from core.nested import merge, unflatten
 from core.protocol import eval_metric
 from core.trainer import fit
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import CONFIG_DIR, ExperimentConfig, load_config, merge, read_yaml, resolve_budget
+from core.config import CONFIG_DIR, ExperimentConfig, load_config, resolve_budget
 from core.errors import ConfigError
+from core.nested import merge, read_yaml
 
 BUDGETS = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml"))
 
