@@ -42,7 +42,7 @@ families:
 
 
 def _timed(cmd: list[str], log: Path) -> tuple[float, float]:
-    """(wall seconds, seconds from the first ``== stage`` line to the study's summary line:
+    """(wall seconds, seconds from the runner's ``== … to run`` line to the study's summary line:
     the trials phase, without process start, Ray start or MLflow setup)."""
     started = time.monotonic()
     first = last = 0.0
@@ -52,7 +52,7 @@ def _timed(cmd: list[str], log: Path) -> tuple[float, float]:
         assert proc.stdout is not None
         for line in proc.stdout:
             out.write(line)
-            if line.startswith("== stage") and not first:
+            if line.startswith("== ") and "to run" in line and not first:
                 first = time.monotonic()
             if " trials in " in line and " finished, " in line:
                 last = time.monotonic()

@@ -27,6 +27,11 @@ from core.vocabulary import MODALITIES, REGIONS
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 ON_DEVICE_MODES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "cosine")
+EXECUTION_KEYS = ("data.cache", "data.shared_cache", "data.num_workers", "data.on_device",
+                  "train.compile")
+"""Settings of how a cell runs, not of what it learns: left out of a cell's identity
+(``study.grids.trial_hash``), so a study resumes across machines and code versions that
+add such settings."""
 RETIRED_KEYS = {
     "data.eval_crop": "the evaluation window belongs to the protocol (core/protocol.py), "
                       "not to a config",
@@ -181,6 +186,9 @@ class TrainConfig:
     """Test-time augmentation of every volume prediction (``core.tta``): 'none' (the
     paper) or 'flip' (mean with the left-right mirror); validation, the study's test
     evaluation and ``predict`` alike."""
+    compile: bool = False
+    """``torch.compile`` the segmentor and critic for the training step: an option for
+    GPUs; on CPUs it measured slower than eager at every real size (bench/step.py)."""
 
     def __post_init__(self) -> None:
         _check(self.max_epochs > 0, "train.max_epochs", f"must be > 0, got {self.max_epochs}")

@@ -77,6 +77,9 @@ class TrainState:
     """Training wall time over every invocation (resume continues the time budget)."""
     average: WeightAverage | None = None
     """Moving average of the segmentor's weights (``train.ema_decay`` > 0), else None."""
+    step_modules: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+    """Compiled segmentor and critic the training step calls (``train.compile``); they
+    share the parameters of ``segmentor`` and ``critic``, which checkpoints store."""
 
     @property
     def evaluated(self) -> Segmentor:
@@ -150,9 +153,10 @@ def train_step(state: TrainState, cfg: ExperimentConfig, image: torch.Tensor, ma
     """
     s_params = [p for p in state.segmentor.parameters() if p.requires_grad]
     d_params = [p for p in state.critic.parameters() if p.requires_grad]
+    segmentor, critic = state.step_modules or (state.segmentor, state.critic)
     with autocast():
-        pred = state.segmentor(image)
-        l1 = multiscale_l1(state.critic(image, pred), state.critic(image, mask), cfg.loss.l1_mode)
+        pred = segmentor(image)
+        l1 = multiscale_l1(critic(image, pred), critic(image, mask), cfg.loss.l1_mode)
         dice = dice_loss(pred.float(), mask, cfg.loss.dice_eps)
         loss_s = l1 + cfg.loss.dice_weight * dice
         loss_d = -l1
@@ -261,6 +265,8 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
     state = build_state(cfg, device)
     if resume and (resumed := load_resume_checkpoint(out)[0]) is not None:
         restore_state(state, resumed)  # last.pt, else the newest readable fallback
+    if cfg.train.compile:
+        state.step_modules = (torch.compile(state.segmentor), torch.compile(state.critic))
     extra = {**store_facts(cfg.data.store), "provenance": dict(provenance or {})}
     data = cfg.data
     source = data_source or store_data(cfg)
@@ -309,6 +315,7 @@ def fit(cfg: ExperimentConfig, out_dir: str | Path, callback: Callback | None = 
                     state, cfg, {**extra, "metrics": report, "postprocess": chosen}, for_use=True))
         state.seconds += time.monotonic() - epoch_start  # the time cap counts validation too
         report["val/best_dice"] = state.best_score
+        report["time/trial_s"] = state.seconds  # across resumes, as the time cap counts
         state.history.append({k: float(v) for k, v in report.items()})
         save_checkpoint(last_path, _checkpoint_state(state, cfg, {**extra, "metrics": report}))
         stop = _stop_reason(cfg, state)

@@ -37,6 +37,9 @@ class StudyCallback(Callback):
         """(input modalities, region) → best validation dice so far and its cell: only cells
         validated on the same inputs and region are comparable."""
         self.started: dict[str, float] = {}
+        self.epochs_before: dict[str, int] = {}
+        """Trial id → epochs its checkpoint held when this invocation resumed it (its pace
+        counts only the epochs trained since)."""
         self.last_line: dict[str, float] = {}
         self.done_before, self.launched = done_before, time.monotonic()  # for the ETA
         self.notes: set[tuple[str, str]] = set()
@@ -83,15 +86,17 @@ class StudyCallback(Callback):
         """A line per running trial at most every PROGRESS_EVERY seconds: long budgets are
         otherwise silent for hours."""
         now = time.monotonic()
+        self.epochs_before.setdefault(cell["trial_id"], int(result.get("epoch", 1)) - 1)
         if now - self.last_line.get(cell["trial_id"], self.started.get(cell["trial_id"], now)) \
                 < PROGRESS_EVERY:
             return
         self.last_line[cell["trial_id"]] = now
         elapsed = now - self.started.get(cell["trial_id"], now)
+        before = self.epochs_before.get(cell["trial_id"], 0)
         print(f"[{self.label}] {cell['name']}: epoch {int(result.get('epoch', 0))}, "
               f"val dice {result.get('val/dice', float('nan')):.3f} "
               f"(best {result.get('val/best_dice', float('nan')):.3f}), {elapsed / 60:.1f} min"
-              f"{trial_eta(cell, result, elapsed)}", flush=True)
+              f"{trial_eta(cell, result, elapsed, before)}", flush=True)
 
     def _final(self, cell: dict[str, Any], run_id: str, result: dict[str, Any]) -> None:
         metrics = {k: v for k, v in result.items()
@@ -149,16 +154,19 @@ class StudyCallback(Callback):
               f"({secs:.0f}s) | running {running}, pending {pending}{best}{eta}", flush=True)
 
 
-def trial_eta(cell: dict[str, Any], result: dict[str, Any], elapsed: float) -> str:
-    """", ≤ N min left": the epochs left at this trial's pace, capped by its time budget
-    (early stopping can end it sooner)."""
+def trial_eta(cell: dict[str, Any], result: dict[str, Any], elapsed: float,
+              epochs_before: int = 0) -> str:
+    """", ≤ N min left": the epochs left at this trial's pace (``elapsed`` seconds for the
+    epochs after ``epochs_before``, those its checkpoint held when resumed), capped by its
+    time budget, which counts across resumes (early stopping can end it sooner)."""
     train = (cell.get("config") or {}).get("train", {})
     epoch, cap = int(result.get("epoch", 0)), int(train.get("max_epochs") or 0)
-    if epoch <= 0 or cap <= epoch:
+    if epoch <= epochs_before or cap <= epoch:
         return ""
-    left = elapsed / epoch * (cap - epoch)
+    left = elapsed / (epoch - epochs_before) * (cap - epoch)
     if train.get("max_seconds"):
-        left = min(left, max(0.0, float(train["max_seconds"]) - elapsed))
+        spent = float(result.get("time/trial_s", elapsed))
+        left = min(left, max(0.0, float(train["max_seconds"]) - spent))
     return f", epoch cap {cap}, ≤ {left / 60:.1f} min left"
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.config import CONFIG_DIR, ExperimentConfig, load_config
+from core.config import CONFIG_DIR, EXECUTION_KEYS, ExperimentConfig, load_config
 from core.errors import ConfigError
 from core.freezing import STRATEGIES
 from core.nested import read_yaml
@@ -143,8 +143,13 @@ def _check_axis_values(family: str, axis: str, values: list[Any]) -> None:
 
 
 def trial_hash(kind: str, config: Mapping[str, Any], eval_modalities: Sequence[str], store_id: str) -> str:
+    """The cell's identity: its resolved config without the execution settings
+    (``EXECUTION_KEYS``), the store by content id, its kind and evaluation sets."""
     ident = json.loads(json.dumps(config))
     ident["data"]["store"] = f"store:{store_id}"
+    for key in EXECUTION_KEYS:
+        section, name = key.split(".")
+        ident.get(section, {}).pop(name, None)
     blob = json.dumps({"kind": kind, "config": ident, "eval": list(eval_modalities)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

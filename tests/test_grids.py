@@ -57,6 +57,11 @@ def test_identity_is_stable_and_follows_the_config():
     changed = expand("smoke", ExpandContext("smoke", "/abs/store.zarr", "store123", (0,),
                                             extra_overrides={"train.max_epochs": 5}))
     assert not {t.trial_id for t in changed.trials} & {t.trial_id for t in a.trials}
+    # how a cell runs is not what it is: execution settings leave its identity alone
+    run_differently = expand("smoke", ExpandContext(
+        "smoke", "/abs/store.zarr", "store123", (0,),
+        extra_overrides={"data.shared_cache": False, "train.compile": True, "data.num_workers": 2}))
+    assert [t.trial_id for t in run_differently.trials] == [t.trial_id for t in a.trials]
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,11 @@ def test_progress_lines_have_an_eta() -> None:
     capped = {"config": {"train": {"max_epochs": 10, "max_seconds": 300}}}
     assert trial_eta(capped, {"epoch": 2}, 120.0) == ", epoch cap 10, ≤ 3.0 min left"
     assert trial_eta(cell, {"epoch": 10}, 600.0) == ""
+    # resumed after epoch 5: 2 epochs in the 120 s since; the time cap counts the whole trial
+    assert trial_eta(cell, {"epoch": 7}, 120.0, epochs_before=5) == ", epoch cap 10, ≤ 3.0 min left"
+    assert trial_eta(capped, {"epoch": 7, "time/trial_s": 240.0}, 120.0, 5) == \
+        ", epoch cap 10, ≤ 1.0 min left"
+    assert trial_eta(cell, {"epoch": 5}, 1.0, epochs_before=5) == ""
     assert study_eta(600.0, 2, 4) == " | 10.0 min, ETA ~20.0 min"
     assert study_eta(600.0, 2, 0) == " | 10.0 min"
     assert study_eta(5.0, 0, 4) == ""

@@ -183,3 +183,26 @@ def test_a_source_with_other_channels_is_refused_naming_the_layers(tmp_path):
     with pytest.raises(CheckpointError, match=r"segmentor from .*shape mismatch: enc1\.conv\.weight: "
                        r"checkpoint \(8, 4, 4, 4\) vs model \(8, 1, 4, 4\)"):
         build_state(cfg, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_the_eager_step(tmp_path):
+    """``train.compile``: the step runs the compiled modules, which share the networks'
+    parameters, and gives the eager step's losses and updates (to float tolerance)."""
+    cfg = tiny_cfg(**{"train.compile": True})
+    data = phantom_data(n_train=8)
+    image = torch.stack([data.train[i][0] for i in range(8)])
+    mask = torch.stack([data.train[i][1] for i in range(8)])
+    scalers = (torch.amp.GradScaler("cuda", enabled=False),) * 2
+    off = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    eager, compiled = build_state(cfg, torch.device("cpu")), build_state(cfg, torch.device("cpu"))
+    compiled.step_modules = (torch.compile(compiled.segmentor), torch.compile(compiled.critic))
+    for _ in range(2):
+        a = train_step(eager, cfg, image, mask, scalers, off)
+        b = train_step(compiled, cfg, image, mask, scalers, off)
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-5)
+    for (name, p), q in zip(eager.segmentor.named_parameters(), compiled.segmentor.parameters(),
+                            strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+    result = fit(cfg.replace({"train.max_epochs": 1}), tmp_path, data_source=phantom_data(n_train=8))
+    assert result.epochs == 1 and "segmentor" in load_checkpoint(result.best_path)
