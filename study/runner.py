@@ -86,11 +86,37 @@ class StudyRunner:
         has finished (``study.scheduling``). Finished cells are skipped, and a cell whose
         source failed is marked skipped with the reason."""
         from study.callbacks import StudyCallback
-        from study.scheduling import DependencySearcher, Plan, Release
+        from study.scheduling import DependencySearcher
 
-        outcome = StageOutcome()
-        runs = self.tracker.trial_runs()
-        plan = Plan()
+        outcome, plan, runs, early_skips = self._plan()
+        callback = StudyCallback(self.tracker, len(self.grid.trials), len(outcome.done), "study")
+        searcher = DependencySearcher(plan, self._release(runs, callback),
+                                      {t.trial_id: t.name for t in self.grid.trials})
+        for spec, reason in early_skips:
+            searcher.skip_cell(spec, reason)
+        kinds = ", ".join(f"{sum(1 for s in self.grid.trials if s.kind == k)} {k}"
+                          for k in sorted({s.kind for s in self.grid.trials}))
+        print(f"\n== {len(self.grid.trials)} trials ({kinds}); {len(outcome.done)} already "
+              f"finished, {len(early_skips)} skipped, {len(plan.pending)} to run; each starts "
+              f"as soon as its source has finished ==", flush=True)
+        if plan.pending:
+            self.launch("study", {}, callback, search_alg=searcher, num_samples=-1)
+            outcome.done += sorted(callback.completed)
+            outcome.failed.update(callback.failed)
+            for cell in searcher.cells:
+                if cell["trial_id"] not in callback.completed | set(callback.failed):
+                    outcome.interrupted = True
+                    self.tracker.finish(cell["run_id"], "KILLED")
+        outcome.skipped.update(searcher.skipped)
+        outcome.interrupted = outcome.interrupted or bool(searcher.unreleased)
+        return outcome
+
+    def _plan(self) -> tuple[StageOutcome, Any, dict[str, Any], list[tuple[TrialSpec, str]]]:
+        """Cells already finished (done, their checkpoints known), cells to run in grid
+        order, and cells whose source outside this grid gives them nothing to start from."""
+        from study.scheduling import Plan
+
+        outcome, plan, runs = StageOutcome(), Plan(), self.tracker.trial_runs()
         in_grid = {t.trial_id for t in self.grid.trials}
         early_skips: list[tuple[TrialSpec, str]] = []
         for spec in self.grid.trials:
@@ -106,6 +132,11 @@ class StudyRunner:
                     continue
                 plan.checkpoints[spec.depends_on] = ckpt or ""
             plan.pending.append(spec)
+        return outcome, plan, runs, early_skips
+
+    def _release(self, runs: dict[str, Any], callback: Any) -> Any:
+        """How the searcher opens a released cell's MLflow run and records a skipped one."""
+        from study.scheduling import Release
 
         def open_cell(spec: TrialSpec, source_ckpt: str | None) -> dict[str, Any]:
             tags = run_tag_values(self.grid, spec, self.context_tags)
@@ -115,30 +146,24 @@ class StudyRunner:
         def skip(spec: TrialSpec, reason: str) -> None:
             self.tracker.mark_skipped(spec, run_tag_values(self.grid, spec, self.context_tags),
                                       runs.get(spec.trial_id), reason)
+            callback.done += 1  # the progress count covers every cell
             print(f"[study] skipped {spec.name}: {reason}", flush=True)
 
-        searcher = DependencySearcher(plan, Release(open_cell, skip),
-                                      {t.trial_id: t.name for t in self.grid.trials})
-        for spec, reason in early_skips:
-            searcher.skip_cell(spec, reason)
-        kinds = ", ".join(f"{sum(1 for s in self.grid.trials if s.kind == k)} {k}"
-                          for k in sorted({s.kind for s in self.grid.trials}))
-        print(f"\n== {len(self.grid.trials)} trials ({kinds}); {len(outcome.done)} already "
-              f"finished, {len(early_skips)} skipped, {len(plan.pending)} to run; each starts "
-              f"as soon as its source has finished ==", flush=True)
-        if plan.pending:
-            callback = StudyCallback(self.tracker, len(self.grid.trials),
-                                     len(outcome.done) + len(early_skips), "study")
-            self.launch("study", {}, callback, search_alg=searcher, num_samples=-1)
-            outcome.done += sorted(callback.completed)
-            outcome.failed.update(callback.failed)
-            for cell in searcher.cells:
-                if cell["trial_id"] not in callback.completed | set(callback.failed):
-                    outcome.interrupted = True
-                    self.tracker.finish(cell["run_id"], "KILLED")
-        outcome.skipped.update(searcher.skipped)
-        outcome.interrupted = outcome.interrupted or bool(searcher.unreleased)
-        return outcome
+        return Release(open_cell, skip)
+
+    def _source_checkpoint(self, spec: TrialSpec, runs: dict[str, Any]) -> tuple[str, str | None]:
+        """(why not, None) or ("", best.pt) for a source outside this grid, from its run."""
+        src = runs.get(spec.depends_on or "")
+        if src is None:
+            return f"source {spec.depends_on} did not run", None
+        src_name = src.data.tags.get("mlflow.runName", spec.depends_on)
+        if src.info.status != "FINISHED":
+            err = f" ({src.data.tags['error']})" if "error" in src.data.tags else ""
+            return f"source {src_name} {src.info.status.lower()}{err}", None
+        ckpt = src.data.tags.get("best_checkpoint", "")
+        if not ckpt or not Path(ckpt).exists():
+            return f"source {src_name} checkpoint missing: {ckpt or '(none)'}", None
+        return "", ckpt
 
     def cell(self, spec: TrialSpec, run_id: str, source_ckpt: str | None) -> dict[str, Any]:
         """The plain-data trial config handed to the Ray trainable (absolute paths only)."""

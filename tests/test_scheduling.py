@@ -91,3 +91,30 @@ def test_one_tuner_starts_a_transfer_before_an_unrelated_slow_source_ends(tmp_pa
     assert info["after-fast"].end_time < info["slow"].end_time - 4000  # ms: no barrier
     assert info["after-slow"].start_time >= info["slow"].end_time - 1000
     tracker.close(wait_s=10.0)
+
+
+def test_a_source_outside_the_grid_is_found_in_the_study_runs(tmp_path, ray_session, monkeypatch):
+    """A grid run in parts (e.g. its sources first): a later part's transfer starts from the
+    checkpoint its source's run recorded; one whose source never ran is skipped, saying so."""
+    from ray import cloudpickle
+
+    import bench.packing as packing
+    import study.trainable
+    from study.runner import Resources, StudyRunner
+    from study.tracking import Tracker, default_tracking_uri
+
+    cloudpickle.register_pickle_by_value(packing)
+    monkeypatch.setattr(study.trainable, "run_trial", packing.sleep_trial)
+    tracker = Tracker(default_tracking_uri(tmp_path), "parts", artifact_root=tmp_path / "art")
+    tracker.start_parent("parts", {}, {"grid": "parts"})
+    source = _spec("src", seconds=0.1)
+    parts = [[source], [_spec("after-src", "src", 0.1), _spec("after-none", "never", 0.1)]]
+    outcomes = [StudyRunner(Grid("parts", "", "none", part), tracker, tmp_path, "", "val",
+                            Resources(1.0, 0.0), {}).run() for part in parts]
+    tracker.end_parent("FINISHED", {})
+    assert outcomes[0].done == ["src"] and outcomes[1].done == ["after-src"]
+    assert outcomes[1].skipped == {"after-none": "source never did not run"}
+    runs = tracker.trial_runs()
+    assert runs["after-src"].info.status == "FINISHED"
+    assert runs["after-none"].data.tags["skipped_reason"] == "source never did not run"
+    tracker.close(wait_s=10.0)

@@ -73,3 +73,29 @@ def test_remove_drops_the_node_copy_of_a_store(synthetic_store, tmp_path, monkey
     shared_cache.remove(folder.name[len(shared_cache.PREFIX):])
     assert not folder.exists()
     assert ds[3][0].shape == (2, 48, 48)  # a live map keeps its pages
+
+
+def test_a_trial_waits_for_the_one_writing_the_copy(synthetic_store, tmp_path):
+    """Trials that start together must not each write (and map) a copy of their own: while
+    another holds the folder's lock a trial writes nothing, then maps what is there."""
+    import fcntl
+    import time
+
+    from core.data.store import BratsStore
+
+    folder = tmp_path / f"{shared_cache.PREFIX}{BratsStore(synthetic_store).manifest['store_id']}"
+    folder.mkdir()
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+            "from core.data.dataset import SliceDataset\n"
+            f"ds = SliceDataset({str(synthetic_store)!r}, 'train', {MODS!r}, 48, train=True, "
+            "shared=True)\n"
+            "print(ds.shared)")
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # "another trial" is writing
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                env={"SEGAN_SHARED_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        time.sleep(8.0)  # ample for the process to start and reach the cache
+        assert proc.poll() is None and not list(folder.glob("*.npy"))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out.strip() == "True"
+    assert len(list(folder.glob("*.npy"))) == 2 * len(_dataset(synthetic_store, False).case_ids)

@@ -1,8 +1,9 @@
 """A Tune retry really restores from Tune's checkpoint (real Ray, real MLflow).
 
 The cell fails once after epoch 2 and loses its local ``last.pt`` (a node that died with
-its disk); Tune retries it, the trainable brings ``last.pt`` back from Tune's copy, and
-training resumes at epoch 3: every epoch is logged exactly once.
+its disk); Tune retries it, the trainable brings a checkpoint back (Tune's copy of the last
+reported epoch, or ``last.prev.pt``), and training resumes from it: every epoch is logged
+exactly once.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def test_retry_resumes_from_tunes_checkpoint(tmp_path: Path, synthetic_store: Pa
     (trial_dir,) = (study_dir / "trials").iterdir()
     assert (trial_dir / ".injected-failure-2").exists()  # the failure did happen
     epochs = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_s")]
-    assert sorted(epochs) == [1, 2, 3, 4]  # resumed at 3: nothing retrained, nothing doubled
+    assert sorted(epochs) == [1, 2, 3, 4]  # nothing missing, nothing doubled
     from core.checkpoint import load_checkpoint
 
     last = load_checkpoint(trial_dir / "last.pt")

@@ -16,6 +16,7 @@ folder lacks room for the split, nothing is written and the caller keeps a priva
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -61,12 +62,19 @@ def load_split(store: BratsStore, case_ids: Sequence[str], modalities: Sequence[
     if missing and not _has_room(folder.parent, store, missing, len(modalities)):
         return None
     folder.mkdir(exist_ok=True)
+    if missing:
+        # one writer at a time: trials that start together would otherwise each write (and
+        # map) a copy of their own, and share nothing
+        with open(folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for case, (img, mask) in zip(case_ids, wanted, strict=True):
+                if not img.exists():
+                    _write(img, store.read_image(case, modalities, dtype=None))
+                if not mask.exists():
+                    _write(mask, store.read_mask(case, region))
+        _release_heap()  # the writer's decode buffers would otherwise stay in its heap
     images, masks = [], []
-    for case, (img, mask) in zip(case_ids, wanted, strict=True):
-        if not img.exists():
-            _write(img, store.read_image(case, modalities, dtype=None))
-        if not mask.exists():
-            _write(mask, store.read_mask(case, region))
+    for img, mask in wanted:
         # copy-on-write maps: reads share the kernel's pages; torch accepts them as
         # writable arrays, and a write (none is made) would only touch a private page
         images.append(np.load(img, mmap_mode="c"))
@@ -90,6 +98,16 @@ def _write(path: Path, array: np.ndarray) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _release_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps large freed buffers otherwise)."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def remove(store_id: str) -> None:
