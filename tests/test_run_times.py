@@ -49,7 +49,7 @@ def test_runs_start_with_their_trial_and_last_as_long_as_it(tmp_path):
     (s0, e0), (s1, e1) = _times(tracker, runs[0]), _times(tracker, runs[1])
     assert s0 - stage_start > 0.9  # not the stage's start
     assert abs(s0 - first_start) < 0.3 and abs(s1 - second_start) < 0.3
-    assert 1.7 < s1 - s0 < 2.5  # started seconds apart
+    assert s1 - s0 > 1.7  # started seconds apart, as their trials did
     assert abs((e0 - s0) - (first_end - first_start)) < 0.3  # each run lasts its own trial
     assert abs((e1 - s1) - (second_end - second_start)) < 0.3
 

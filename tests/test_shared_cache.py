@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from core.data import shared_cache
 from core.data.dataset import SliceDataset
+from core.errors import DataError
 
 MODS = ("flair", "t1")
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +66,9 @@ def test_no_room_or_switched_off_keeps_a_private_copy(synthetic_store, tmp_path,
     monkeypatch.setattr(shared_cache, "HEADROOM", 1.25)
     monkeypatch.setenv(shared_cache.ENV, "off")
     assert not _dataset(synthetic_store, True).shared
+    monkeypatch.setenv(shared_cache.ENV, str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="SEGAN_SHARED_CACHE=.*missing: not a writable folder"):
+        _dataset(synthetic_store, True)
 
 
 def test_remove_drops_the_node_copy_of_a_store(synthetic_store, tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.store import BratsStore
+from core.errors import DataError
 
 ENV = "SEGAN_SHARED_CACHE"
 PREFIX = "segan-cache-"
@@ -34,10 +35,14 @@ HEADROOM = 1.25
 
 
 def shared_root() -> Path | None:
-    """The folder shared by this node's trials, or None (off, or no shared memory here)."""
+    """The folder shared by this node's trials, or None (off, or no shared memory here);
+    a folder named by ``SEGAN_SHARED_CACHE`` that cannot be written is an error."""
     named = os.environ.get(ENV, "").strip()
     if named.lower() in ("off", "0", "false", "no"):
         return None
+    if named and not (Path(named).is_dir() and os.access(named, os.W_OK)):
+        raise DataError(f"{ENV}={named}: not a writable folder (name one, or 'off' to give "
+                        "each trial its own copy of the training split)")
     root = Path(named) if named else Path("/dev/shm")
     return root if root.is_dir() and os.access(root, os.W_OK) else None
 
