@@ -7,8 +7,9 @@ Linux), and every trial maps that file: the pages are the kernel's, shared by
 all processes that map them, and a trial's crop reads them without a copy.
 
 The folder is named by the store's content id, so a file never outlives the data it was
-cut from. Files appear under their final name only once complete (written to a temporary
-name, then renamed), so concurrent trials at worst write the same case twice. Where the
+cut from. One trial writes at a time (a lock file in the folder; the others wait, then map
+what it wrote), and a file appears under its final name only once complete (written to a
+temporary name, then renamed), so a killed writer leaves nothing half-written. Where the
 folder lacks room for the split, nothing is written and the caller keeps a private copy.
 
 ``SEGAN_SHARED_CACHE`` names another folder, or ``off`` to keep private copies.
