@@ -17,6 +17,12 @@ from study.trainable import FINAL_KEY, HISTORY_KEY, NOTE_KEY
 PROGRESS_EVERY = 60.0
 """Seconds between progress lines of one running trial."""
 
+SUMMARY_STEP = 0
+"""MLflow step of a trial's one-off values (``eval/*``, ``best/*``, epoch and step counts).
+Epochs are steps 1..N, so these never mix with a curve. MLflow 3's UI draws a metric whose
+latest step is 0 in every run as a bar per run (a comparison), and one at any later step as
+a line chart, which for a single value is a lone dot."""
+
 
 class StudyCallback(Callback):
     """Logs each epoch's metrics to the cell's MLflow run; ends runs with a status."""
@@ -102,7 +108,7 @@ class StudyCallback(Callback):
         metrics = {k: v for k, v in result.items()
                    if k.startswith(("eval/", "best/", "train/epochs", "train/steps"))}
         metrics.update(summary_columns(cell, metrics))  # eval/<split>/dice: one sort ranks all
-        self.tracker.log_metrics(run_id, metrics, step=int(result.get("train/epochs", 0)))
+        self.tracker.log_metrics(run_id, metrics, step=SUMMARY_STEP)
         self.tracker.set_tags(run_id, json.loads(result.get("tags") or "{}"))
         self.tracker.log_json(run_id, strict_json(json.loads(result["per_volume"])), "per_volume.json")
         if not self.tracker.outage.down:  # a direct call: no ~30 s wait per trial

@@ -30,12 +30,16 @@ REPO = Path(__file__).resolve().parents[1]
 FAILING_SOURCE = "unimodal/segan-cat/t1/"
 
 
-def _runs(study_dir: Path):
+def _client(study_dir: Path):
     from mlflow.tracking import MlflowClient
 
     meta = json.loads((study_dir / "study.json").read_text())
-    client = MlflowClient(meta["tracking_uri"])
-    exp = client.get_experiment_by_name(meta["experiment"])
+    return MlflowClient(meta["tracking_uri"]), meta["experiment"]
+
+
+def _runs(study_dir: Path):
+    client, experiment = _client(study_dir)
+    exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], "tags.role = 'trial'", max_results=1000)
 
 
@@ -131,6 +135,14 @@ def _rerun_resumes_without_duplicates(study):
             source = by_id[t.depends_on].data.tags
             assert tags["init_digest"] == source["best_digest"], t.name
             assert tags["source"] == source["modalities"] and tags["freeze"] in ("full", "s_din")
+    # one-off values at step 0 (MLflow draws a bar per run, not a lone dot), epochs at 1..N
+    client, _ = _client(study_dir)
+    run = by_id[grid.trials[0].trial_id]
+    assert "eval/test/dice" in run.data.metrics and "val/dice" in run.data.metrics
+    for key in run.data.metrics:
+        steps = {m.step for m in client.get_metric_history(run.info.run_id, key)}
+        one_off = key.startswith(("eval/", "best/")) or key in ("train/epochs", "train/steps")
+        assert steps == {0} if one_off else 0 not in steps, (key, steps)
     # the report exists and its numbers are MLflow's
     report = study_dir / "report"
     assert (report / "report.md").exists()
