@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -68,25 +69,28 @@ class StudyCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         cell = self._cell(trial)
-        self._resume_facts(cell, self.run_id(trial), result)
+        rows = self._history_rows(cell, result)
+        if not result.get(FINAL_KEY):
+            rows.append((int(result.get("epoch", 0)), result))
+        self.tracker.log_steps(self.run_id(trial), (  # one store call per report
+            (step, {k: v for k, v in row.items() if "/" in k and isinstance(v, (int, float))})
+            for step, row in rows))
         if result.get(FINAL_KEY):
             self._final(cell, self.run_id(trial), result)
-            return
-        metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
-        self.tracker.log_metrics(self.run_id(trial), metrics, step=int(result.get("epoch", 0)))
-        self._epoch_line(cell, result)
+        else:
+            self._epoch_line(cell, result)
 
-    def _resume_facts(self, cell: dict[str, Any], run_id: str, result: dict[str, Any]) -> None:
-        """Epochs in the trial's checkpoint history that its run lacks (a killed driver, a
-        tracking outage) are logged again, never twice (the tracker skips a logged key and
-        step); a checkpoint fallback is said once."""
+    def _history_rows(self, cell: dict[str, Any], result: dict[str, Any]
+                      ) -> list[tuple[int, dict[str, Any]]]:
+        """The epochs a report carries besides its own: those held since the last report,
+        and on a trial's first report the checkpoint's history, which the run may lack (a
+        killed driver, a tracking outage; the tracker skips a logged key and step). A
+        checkpoint fallback is said once."""
         note = result.get(NOTE_KEY)
         if note and (cell["trial_id"], note) not in self.notes:
             self.notes.add((cell["trial_id"], note))
             print(f"[{self.label}] {cell['name']}: {note}", flush=True)
-        for row in json.loads(result.get(HISTORY_KEY) or "[]"):
-            self.tracker.log_metrics(run_id, {k: v for k, v in row.items() if "/" in k},
-                                     step=int(row.get("epoch", 0)))
+        return [(int(row.get("epoch", 0)), row) for row in json.loads(result.get(HISTORY_KEY) or "[]")]
 
     def _epoch_line(self, cell: dict[str, Any], result: dict[str, Any]) -> None:
         """A line per running trial at most every PROGRESS_EVERY seconds: long budgets are
@@ -139,7 +143,8 @@ class StudyCallback(Callback):
         cell = self._cell(trial)
         reason = _error_line(trial)
         self.failed[cell["trial_id"]] = reason
-        self.tracker.set_tags(self.run_id(trial), {"error": reason})
+        self.tracker.set_tags(self.run_id(trial), {"error": reason,
+                                                   "error_file": _keep_error_file(trial, cell)})
         self.tracker.finish(self.run_id(trial), "FAILED")
         self._progress(cell, f"FAILED ({reason})", trials, {})
 
@@ -194,6 +199,21 @@ def _error_line(trial: Any) -> str:
         return lines[-1][:500] if lines else "unknown error"
     except OSError:
         return "unknown error"
+
+
+def _keep_error_file(trial: Any, cell: dict[str, Any]) -> str:
+    """Copy Tune's error file (the traceback; it lives in Ray's temporary session folder)
+    to the cell's trial folder as ``error.txt``; returns its path ('' if there is none)."""
+    import re
+
+    try:
+        text = Path(getattr(trial, "error_file", None) or "").read_text()
+        kept = Path(cell["trial_dir"]) / "error.txt"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(re.sub(r"\x1b\[[0-9;]*m", "", text))  # no terminal colours
+        return str(kept)
+    except (OSError, KeyError):  # no file, or no room for it: the error line still goes out
+        return ""
 
 
 def comparable_group(cell: dict[str, Any]) -> tuple[str, str]:

@@ -221,6 +221,8 @@ def _print_summary(grid: Grid, outcome: Any, seconds: float) -> None:
     names = grid.by_id()
     for tid, reason in outcome.failed.items():
         print(f"  FAILED  {names[tid].name}: {reason}")
+    if outcome.failed:
+        print("  (each failed run's tag error_file names its full traceback)")
     for tid, reason in outcome.skipped.items():
         print(f"  skipped {names[tid].name}: {reason}")
 

@@ -207,7 +207,25 @@ class StudyRunner:
                 verbose=0,
             ),
         )
+        quiet_trial_failures()
         tuner.fit()
+
+
+class _TrialFailureFilter(logging.Filter):
+    """Drops Tune's own report of a failed trial (a traceback of Ray's internals, ~40 lines):
+    the study says it in one line and tags the run with the error and its traceback file."""
+
+    MESSAGES = ("Trial task failed for trial", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.MESSAGES)
+
+
+def quiet_trial_failures() -> None:
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _TrialFailureFilter) for f in log.filters):
+            log.addFilter(_TrialFailureFilter())
 
 
 def cluster_gpus() -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from core.errors import UserError
 from study.grids import Grid
 from study.journal import JOURNAL_NAME
 from study.runner import CONNECT_TIMEOUT_S, Resources, StudyRunner
-from study.tracking import WAIT_S, Tracker
+from study.tracking import WAIT_S, Tracker, preload
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class StudySession:
             self.lock = None
 
 
+
 def open_session(options: StudyOptions, grid: Grid, store: str,
                  manifest: dict[str, Any]) -> StudySession:
     """Ray, the study folder and ``study.json``, the tracker and its parent run, the runner."""
@@ -187,7 +189,10 @@ def open_session(options: StudyOptions, grid: Grid, store: str,
     from study.runner import cluster_gpus, decide_gpus, init_ray, print_dashboard
     from study.tracking import default_tracking_uri
 
+    importing = threading.Thread(target=preload, name="mlflow-imports", daemon=True)
+    importing.start()  # overlaps Ray's start
     print_dashboard(init_ray(options.address, connect_timeout=options.connect_timeout))
+    importing.join()
     decide_gpus(options.resources.gpus_per_trial, cluster_gpus())  # refuse before any file
     study_dir = (options.study_dir or Path("studies") / grid.name).resolve()
     study_dir.mkdir(parents=True, exist_ok=True)

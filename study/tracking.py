@@ -68,6 +68,16 @@ def permanent(exc: BaseException) -> bool:
     return getattr(exc, "error_code", None) in PERMANENT
 
 
+def preload() -> None:
+    """Import what a ``Tracker`` needs (~2 s of MLflow, SQLAlchemy and Alembic modules),
+    touching no file and no server: ``open_session`` runs this in a thread while Ray starts."""
+    import contextlib
+
+    with contextlib.suppress(Exception):  # a broken install fails again, in the Tracker, clearly
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the SQLite store's code
+        import mlflow.tracking  # noqa: F401
+
+
 class Tracker:
     """Driver-side MLflow bookkeeping for one study (one experiment)."""
 
@@ -190,15 +200,24 @@ class Tracker:
     # -- writes: journaled, never raise --------------------------------------
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         """Log ``metrics`` at ``step`` unless the run already has that (key, step)."""
+        self.log_steps(run_id, [(step, metrics)])
+
+    def log_steps(self, run_id: str, rows: Iterable[tuple[int, Mapping[str, float]]]) -> None:
+        """Log several steps' metrics as one entry (one store call: a report carries the
+        epochs held since the last one), skipping (key, step) pairs the run already has."""
         import math
 
-        values = {k: float(v) for k, v in metrics.items()
-                  if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        known = self._logged.get(run_id)
-        if not values or (known is not None and all((k, int(step)) in known for k in values)):
-            return  # nothing new (e.g. a history row already logged)
-        self._write({"op": "metrics", "run": run_id, "step": int(step), "metrics": values,
-                     "time": int(time.time() * 1000)})
+        known = self._logged.get(run_id, set())
+        fresh = []
+        for step, metrics in rows:
+            values = {k: float(v) for k, v in metrics.items()
+                      if isinstance(v, (int, float)) and math.isfinite(float(v))
+                      and (k, int(step)) not in known}
+            if values:
+                fresh.append([int(step), values])
+        if fresh:  # else nothing new (e.g. history rows already logged)
+            self._write({"op": "metrics", "run": run_id, "rows": fresh,
+                         "time": int(time.time() * 1000)})
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._write({"op": "tags", "run": run_id, "tags": {k: str(v) for k, v in tags.items()}})
@@ -328,14 +347,14 @@ class Tracker:
         from mlflow.entities import Metric, RunTag
 
         op, run_id = entry["op"], entry["run"]
-        if op == "metrics":
+        if op == "metrics":  # "rows": [[step, {key: value}], ...]; older journals: one step
             logged = self._logged_steps(run_id)
-            step = int(entry["step"])
-            items = [Metric(k, v, int(entry["time"]), step) for k, v in entry["metrics"].items()
-                     if (k, step) not in logged]
+            rows = entry.get("rows") or [[entry["step"], entry["metrics"]]]
+            items = [Metric(k, v, int(entry["time"]), int(step)) for step, values in rows
+                     for k, v in values.items() if (k, int(step)) not in logged]
             for i in range(0, len(items), 500):
                 self.client.log_batch(run_id, metrics=items[i : i + 500])
-            logged.update((m.key, step) for m in items)
+            logged.update((m.key, m.step) for m in items)
         elif op == "tags":
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
         elif op == "delete_tag":

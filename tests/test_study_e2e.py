@@ -55,14 +55,28 @@ def _args(study_dir: Path, store: Path, *extra: str) -> list[str]:
 
 
 def _failing_source_skips_its_dependants(study):
+    import logging
+
     study_dir, store = study
-    rc = run_study.main(_args(study_dir, store, "--inject-failure", FAILING_SOURCE,
-                              "--max-failures", "0", "--no-report"))
+    tune_records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = tune_records.append  # what Tune's loggers would print
+    logging.getLogger("ray.tune").addHandler(handler)
+    try:
+        rc = run_study.main(_args(study_dir, store, "--inject-failure", FAILING_SOURCE,
+                                  "--max-failures", "0", "--no-report"))
+    finally:
+        logging.getLogger("ray.tune").removeHandler(handler)
     assert rc == 1
+    assert not [r for r in tune_records if r.exc_info or r.levelno >= logging.ERROR], \
+        "a failed trial is one line of ours, not Tune's traceback"
     by_name = {r.data.tags["mlflow.runName"]: r for r in _runs(study_dir)}
     failed = by_name[f"{FAILING_SOURCE}wt/seed0"]
     assert failed.info.status == "FAILED"
     assert "deliberate failure" in failed.data.tags["error"]
+    error_file = Path(failed.data.tags["error_file"])
+    assert error_file.parent == study_dir / "trials" / failed.data.tags["trial_id"]
+    assert 'trainable.py", line' in error_file.read_text()  # the whole traceback
     dependants = [r for r in by_name.values() if r.data.tags.get("source_trial") == failed.data.tags["trial_id"]]
     assert len(dependants) == 3  # its cross-evaluation and two transfers t1->flair
     for r in dependants:

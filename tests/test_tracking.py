@@ -41,6 +41,8 @@ def test_a_journal_left_by_a_dead_driver_is_replayed_once(tmp_path, capsys):
     # the driver died with entries journaled but not delivered (epoch 1 again, epoch 2, the end)
     entries = [{"op": "metrics", "run": run_id, "step": s, "metrics": {"train/loss_s": float(s)},
                 "time": 0} for s in (1, 2)]
+    entries.append({"op": "metrics", "run": run_id, "time": 0,  # several epochs in one entry
+                    "rows": [[2, {"train/loss_s": 2.0}], [3, {"train/loss_s": 3.0}]]})
     entries += [{"op": "tags", "run": run_id, "tags": {"stopped": "max_epochs"}},
                 {"op": "status", "run": run_id, "status": "FINISHED"}]
     journal.write_text("".join(json.dumps(e) + "\n" for e in entries) + '{"op": "metr')  # cut line
@@ -49,11 +51,33 @@ def test_a_journal_left_by_a_dead_driver_is_replayed_once(tmp_path, capsys):
             journal.write_text("".join(json.dumps(e) + "\n" for e in entries))
         again = Tracker(uri, "t", journal=journal)
         assert not journal.exists()
-    assert "replaying 4 tracking entries" in capsys.readouterr().out
+    assert "replaying 5 tracking entries" in capsys.readouterr().out
     run = again.client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["stopped"] == "max_epochs"
     steps = [(m.step, m.value) for m in again.client.get_metric_history(run_id, "train/loss_s")]
-    assert sorted(steps) == [(1, 1.0), (2, 2.0)]
+    assert sorted(steps) == [(1, 1.0), (2, 2.0), (3, 3.0)]
+
+
+def test_several_steps_go_out_as_one_entry_and_never_twice(tmp_path):
+    tracker = Tracker(default_tracking_uri(tmp_path), "t", artifact_root=tmp_path / "art")
+    spec = expand("smoke", ExpandContext("smoke", "/s.zarr", "sid", (0,))).trials[0]
+    tracker.start_parent("p", {}, {})
+    run_id = tracker.open_trial_run(spec, {}, None)
+    entries, add = [], tracker.journal.add
+
+    def counted(entry):  # what reaches the journal, then the store
+        entries.append(entry)
+        add(entry)
+
+    tracker.journal.add = counted
+    rows = [(step, {"train/loss_s": 1.0 / step, "val/dice": 0.1 * step, "epoch": step})
+            for step in (1, 2, 3)]
+    tracker.log_steps(run_id, rows)
+    tracker.log_steps(run_id, rows[1:] + [(4, {"train/loss_s": 0.25})])  # 2, 3 again, 4 new
+    assert [len(e["rows"]) for e in entries] == [3, 1]
+    history = tracker.client.get_metric_history(run_id, "train/loss_s")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25)]
+    assert len(tracker.client.get_metric_history(run_id, "val/dice")) == 3
 
 
 def test_reopened_runs_lose_their_ending_tags_and_folders_do_not_share_an_experiment(tmp_path):
