@@ -25,6 +25,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from study.grids import Grid, TrialSpec
+from study.reaper import watch_local_ray
 from study.tracking import Tracker
 
 
@@ -271,6 +272,7 @@ def _start_local(num_cpus: int | None, kwargs: dict[str, Any]) -> Any:
         print("note: RAY_ADDRESS is ignored: without --address the study starts its own "
               "local Ray (pass --address to join a cluster)", flush=True)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    watch_local_ray()  # its agents would outlive a killed driver by a minute
     import ray
     from ray._private import ray_constants
 

@@ -124,6 +124,46 @@ def test_local_ray_listens_on_loopback_only_and_ignores_ray_address():
             proc.wait()
 
 
+def _marked(prefix: bytes) -> dict[int, str]:
+    """pid -> name of every process whose environment has an entry starting with ``prefix``."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+                name = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+            if any(e.startswith(prefix) for e in env):
+                found[int(entry)] = name
+    return found
+
+
+def test_a_killed_driver_leaves_no_ray_process_behind():
+    """Ray's agents would outlive a SIGKILLed driver by ~60 s; the reaper ends them."""
+    from study.reaper import OWNER_VAR
+
+    proc = subprocess.Popen([sys.executable, "-c", LOCAL.format(repo=str(REPO))], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("node "):
+            break
+    time.sleep(1.0)  # the agents are up
+    prefix = f"{OWNER_VAR}={proc.pid}-".encode()
+    ray = _marked(prefix)
+    assert {"gcs_server", "raylet"} <= set(ray.values()) and len(ray) >= 4, (ray, "".join(lines))
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while (left := _marked(prefix)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"still running 15 s after the driver was killed: {left}"
+
+
 def test_address_with_nothing_listening_fails_fast_with_one_line(tmp_path, synthetic_store):
     address = f"127.0.0.1:{_free_port()}"
     started = time.monotonic()
