@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from core.errors import UserError
 from core.nested import flatten
 from study.journal import Journal, Outage, first_line
+from study.tracking_ops import deliver
 
 # A dead or hung server must not hold the driver for minutes per call: ~33 s at most
 # (10 s timeout, 2 retries); the journal takes over after that.
@@ -344,31 +345,7 @@ class Tracker:
                   f"({first_line(exc)}); dropped", flush=True)
 
     def _deliver(self, entry: dict[str, Any]) -> None:
-        from mlflow.entities import Metric, RunTag
-
-        op, run_id = entry["op"], entry["run"]
-        if op == "metrics":  # "rows": [[step, {key: value}], ...]; older journals: one step
-            logged = self._logged_steps(run_id)
-            rows = entry.get("rows") or [[entry["step"], entry["metrics"]]]
-            items = [Metric(k, v, int(entry["time"]), int(step)) for step, values in rows
-                     for k, v in values.items() if (k, int(step)) not in logged]
-            for i in range(0, len(items), 500):
-                self.client.log_batch(run_id, metrics=items[i : i + 500])
-            logged.update((m.key, m.step) for m in items)
-        elif op == "tags":
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["tags"].items()])
-        elif op == "delete_tag":
-            if entry["key"] in self.client.get_run(run_id).data.tags:
-                self.client.delete_tag(run_id, entry["key"])
-        elif op == "status":
-            if entry["status"] == "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
-            else:
-                self.client.set_terminated(run_id, entry["status"], end_time=entry.get("time"))
-        elif op == "start_time":
-            _set_start_time(self.client, run_id, int(entry["time"]))
-        elif op == "json":
-            self.client.log_dict(run_id, entry["data"], entry["file"])
+        deliver(self.client, entry, self._logged_steps)
 
     def _logged_steps(self, run_id: str) -> set[tuple[str, int]]:
         """(key, step) pairs the run already has (asked once per run, then kept current)."""
@@ -389,18 +366,6 @@ class Tracker:
                 return bool(r.status == 200)
         except OSError:
             return False
-
-
-def _set_start_time(client: Any, run_id: str, millis: int) -> None:
-    """Set a run's start time in a SQL store (sqlite, PostgreSQL, MySQL); other stores
-    (an MLflow server over HTTP) have no way to change it and keep the creation time."""
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    if store is None or not hasattr(store, "ManagedSessionMaker"):
-        return
-    from mlflow.store.tracking.dbmodels.models import SqlRun
-
-    with store.ManagedSessionMaker() as session:
-        session.query(SqlRun).filter(SqlRun.run_uuid == run_id).update({"start_time": millis})
 
 
 def _param(value: Any) -> str:
