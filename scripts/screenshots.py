@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ui = start_ui(uri, port, out / "mlflow_ui.log")
     try:
         base = f"http://127.0.0.1:{port}/#/experiments/{exp_id}"
-        for name, url in (("runs.png", f"{base}/runs"), ("run.png", f"{base}/runs/{run_id}")):
+        for name, url in (("runs.png", f"{base}/runs"), ("run.png", f"{base}/runs/{run_id}"),
+                          ("metrics.png", f"{base}/runs/{run_id}/model-metrics")):
             screenshot(browser, url, out / name)
             print(f"{out / name}  ({url})")
     finally:

@@ -51,7 +51,7 @@ def test_screenshots_of_runs_view_and_run_page(tmp_path: Path) -> None:
     (tmp_path / "study.json").write_text(json.dumps({"tracking_uri": uri, "experiment": "shots"}))
     done = _run(["--study", str(tmp_path)])
     assert done.returncode == 0, done.stderr + done.stdout
-    for name in ("runs.png", "run.png"):
+    for name in ("runs.png", "run.png", "metrics.png"):
         png = tmp_path / "screenshots" / name
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 10_000  # a rendered page, not a blank one
