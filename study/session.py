@@ -181,7 +181,6 @@ class StudySession:
             self.lock = None
 
 
-
 def open_session(options: StudyOptions, grid: Grid, store: str,
                  manifest: dict[str, Any]) -> StudySession:
     """Ray, the study folder and ``study.json``, the tracker and its parent run, the runner."""
