@@ -18,8 +18,11 @@ from study.trainable import FINAL_KEY, HISTORY_KEY, NOTE_KEY
 PROGRESS_EVERY = 60.0
 """Seconds between progress lines of one running trial."""
 
+SUMMARY_KEYS = ("eval/", "best/", "train/epochs", "train/steps")
+"""A trial's one-off values (prefixes): logged once, at ``SUMMARY_STEP``."""
+
 SUMMARY_STEP = 0
-"""MLflow step of a trial's one-off values (``eval/*``, ``best/*``, epoch and step counts).
+"""MLflow step of a trial's one-off values (``SUMMARY_KEYS``).
 Epochs are steps 1..N, so these never mix with a curve. MLflow 3's UI draws a metric whose
 latest step is 0 in every run as a bar per run (a comparison), and one at any later step as
 a line chart, which for a single value is a lone dot."""
@@ -109,8 +112,7 @@ class StudyCallback(Callback):
               f"{trial_eta(cell, result, elapsed, before)}", flush=True)
 
     def _final(self, cell: dict[str, Any], run_id: str, result: dict[str, Any]) -> None:
-        metrics = {k: v for k, v in result.items()
-                   if k.startswith(("eval/", "best/", "train/epochs", "train/steps"))}
+        metrics = {k: v for k, v in result.items() if k.startswith(SUMMARY_KEYS)}
         metrics.update(summary_columns(cell, metrics))  # eval/<split>/dice: one sort ranks all
         self.tracker.log_metrics(run_id, metrics, step=SUMMARY_STEP)
         self.tracker.set_tags(run_id, json.loads(result.get("tags") or "{}"))

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import run_study
+from study.callbacks import SUMMARY_KEYS
 from study.grids import ExpandContext, expand
 
 pytestmark = pytest.mark.slow
@@ -155,8 +156,7 @@ def _rerun_resumes_without_duplicates(study):
     assert "eval/test/dice" in run.data.metrics and "val/dice" in run.data.metrics
     for key in run.data.metrics:
         steps = {m.step for m in client.get_metric_history(run.info.run_id, key)}
-        one_off = key.startswith(("eval/", "best/")) or key in ("train/epochs", "train/steps")
-        assert steps == {0} if one_off else 0 not in steps, (key, steps)
+        assert steps == {0} if key.startswith(SUMMARY_KEYS) else 0 not in steps, (key, steps)
     # the report exists and its numbers are MLflow's
     report = study_dir / "report"
     assert (report / "report.md").exists()
