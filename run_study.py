@@ -73,4 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    from study.reaper import exit_to_watcher
+
+    exit_to_watcher(code)  # a study's local Ray: ended by its watcher, not Ray's slow atexit
+    sys.exit(code)

@@ -6,12 +6,15 @@ to the GCS that died with it, waits out a 60-s RPC timeout while they hold ports
 memory. So every process of the local Ray inherits a mark (``OWNER_VAR``) from the
 driver, and a tiny watcher process holds the read end of a pipe whose write end only the
 driver has: the kernel closes it however the driver ends (exit, Ctrl-C, SIGKILL, OOM), the
-watcher wakes and ends whatever still carries the mark. After a normal exit Ray has shut
-itself down and nothing is left to end.
+watcher wakes and ends whatever still carries the mark. The driver's normal exit also
+leaves this to the watcher (``exit_to_watcher``): Ray's own shutdown at exit ends the same
+processes gracefully but takes 3–4 s.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import secrets
 import subprocess
@@ -75,3 +78,18 @@ def watch_local_ray() -> str:
     _DRIVER_END.append(write_end)
     os.environ[OWNER_VAR] = token
     return token
+
+
+def exit_to_watcher(code: int) -> None:
+    """End this process now with ``code`` if it started a watched local Ray: the watcher
+    ends Ray's processes at once, where Ray's atexit shutdown would spend 3–4 s on the same
+    (a 0.5-s pause for log lines, the driver's disconnect, a wait per process). Everything
+    of the study's own is closed by then: tracking journal, lock, files. Returns if there is
+    no watcher (no Ray, or a joined cluster), for the normal exit."""
+    if not _DRIVER_END:
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`) or stream
+            stream.flush()
+    os._exit(code)

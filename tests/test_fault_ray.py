@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import marked_processes, ray_left_behind
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
@@ -124,21 +126,6 @@ def test_local_ray_listens_on_loopback_only_and_ignores_ray_address():
             proc.wait()
 
 
-def _marked(prefix: bytes) -> dict[int, str]:
-    """pid -> name of every process whose environment has an entry starting with ``prefix``."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-                name = Path(f"/proc/{entry}/comm").read_text().strip()
-            except OSError:
-                continue
-            if any(e.startswith(prefix) for e in env):
-                found[int(entry)] = name
-    return found
-
-
 def test_a_killed_driver_leaves_no_ray_process_behind():
     """Ray's agents would outlive a SIGKILLed driver by ~60 s; the reaper ends them."""
     from study.reaper import OWNER_VAR
@@ -154,13 +141,11 @@ def test_a_killed_driver_leaves_no_ray_process_behind():
             break
     time.sleep(1.0)  # the agents are up
     prefix = f"{OWNER_VAR}={proc.pid}-".encode()
-    ray = _marked(prefix)
+    ray = marked_processes(prefix)
     assert {"gcs_server", "raylet"} <= set(ray.values()) and len(ray) >= 4, (ray, "".join(lines))
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 15
-    while (left := _marked(prefix)) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    left = ray_left_behind(proc.pid)
     assert not left, f"still running 15 s after the driver was killed: {left}"
 
 

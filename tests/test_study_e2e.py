@@ -25,6 +25,7 @@ import pytest
 import run_study
 from study.callbacks import SUMMARY_KEYS
 from study.grids import ExpandContext, expand
+from tests.processes import ray_left_behind
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -130,6 +131,8 @@ def _interrupt_stops_cleanly(study):
     hint = text.split("Interrupted. To resume")[1].splitlines()[1].strip()
     assert hint == f"python run_study.py resume --study {study_dir.resolve()}"
     assert all(r.info.status != "RUNNING" for r in _runs(study_dir))
+    # the driver left its local Ray to the watcher (study.reaper.exit_to_watcher)
+    assert not ray_left_behind(proc.pid), "Ray processes outlived the driver"
 
 
 def _rerun_resumes_without_duplicates(study):
