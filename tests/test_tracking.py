@@ -133,3 +133,26 @@ def test_report_side_replay_skips_a_folder_in_use(tmp_path):
     replay_journal(tmp_path, uri, "t")
     assert not (tmp_path / JOURNAL_NAME).exists()
     assert tracker.client.get_run(tracker.parent_id).data.tags["late"] == "yes"
+
+
+def test_a_new_study_adopts_the_prebuilt_empty_store_and_an_old_one_keeps_its_own(tmp_path):
+    """``preload`` builds an empty store off the study folder while Ray starts; a new study
+    copies it (no schema migrations on the critical path), an existing store is kept."""
+    from study.tracking import adopt_empty_store, preload
+
+    staging, study = tmp_path / "staging", tmp_path / "study"
+    staging.mkdir()
+    study.mkdir()
+    preload(staging / "mlflow.db", study / "mlartifacts")
+    assert not list(study.iterdir())  # nothing of the study is touched before adoption
+    uri = default_tracking_uri(study)
+    adopt_empty_store(staging / "mlflow.db", uri)
+    tracker = Tracker(uri, "exp", artifact_root=study / "mlartifacts")
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    tracker.client.log_metric(run_id, "val/dice", 0.5, step=1)
+    default = tracker.client.get_experiment("0").artifact_location
+    assert default == (study / "mlartifacts").resolve().as_uri() + "/0"
+    before = (study / "mlflow.db").read_bytes()
+    adopt_empty_store(staging / "mlflow.db", uri)  # the study has a store now: kept as it is
+    assert (study / "mlflow.db").read_bytes() == before
+    assert Tracker(uri, "exp").client.get_metric_history(run_id, "val/dice")[0].value == 0.5
