@@ -12,8 +12,10 @@ layer, and a test checks it bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # the study's driver reads STRATEGIES (grid axis values) and never needs torch
+    from torch import nn
 
 SEGMENTOR_ENCODER = ("segmentor.enc1", "segmentor.enc2", "segmentor.enc3", "segmentor.enc4")
 SEGMENTOR_DECODER = ("segmentor.dec1", "segmentor.dec2", "segmentor.dec3", "segmentor.out")
@@ -64,10 +66,12 @@ def apply_strategy(segmentor: nn.Module, critic: nn.Module, strategy: Strategy) 
 
 def set_train_mode(segmentor: nn.Module, critic: nn.Module, strategy: Strategy) -> None:
     """Train mode for trainable groups; frozen groups' BN stay in eval mode."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
     for prefix, net in (("segmentor", segmentor), ("critic", critic)):
         net.train()
         for name, module in net.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not _is_trainable(
+            if isinstance(module, _BatchNorm) and not _is_trainable(
                 f"{prefix}.{name}", strategy.trainable
             ):
                 module.eval()

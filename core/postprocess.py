@@ -13,13 +13,14 @@ its own: the mode with the higher validation dice is stored in ``best.pt``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 POSTPROCESSING: tuple[str, ...] = ("none", "largest_component")
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """``mask`` bool ``(Z, H, W)`` → bool, only its largest face-connected component."""
+    from scipy import ndimage  # here: the config (and the study's driver) imports this module
+
     labels, n = ndimage.label(mask)
     if n <= 1:
         return mask.astype(bool, copy=True)

@@ -13,8 +13,10 @@ One setting (``train.tta``) serves validation, the study's test evaluation and
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the study's driver imports this module (via the config) and never torch
+    import torch
 
 TTA_MODES: tuple[str, ...] = ("none", "flip")
 

@@ -78,3 +78,16 @@ def test_nothing_below_the_cli_takes_an_argparse_namespace():
 def test_files_stay_short():
     long = [str(p.relative_to(REPO)) for p in PY if len(p.read_text().splitlines()) > 400]
     assert not long, f"split these files: {long}"
+
+
+def test_the_study_driver_starts_ray_before_it_imports_torch():
+    """Everything the driver runs before Ray starts (CLI, grid, config, session) stays free
+    of torch and scipy: their ~1.5 s of imports then overlap Ray's start (study.session)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import run_study, study.main, study.session, study.grids; "
+            "print(sorted(m for m in ('torch', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]", out
