@@ -123,9 +123,10 @@ def calibrate(store: str, grid: str, budget: str, seconds: float, threads: int, 
 
 
 def _pair(args: argparse.Namespace, out: Path, grid: Path, common: list[str],
-          sets: list[str]) -> tuple[float, float]:
+          sets: list[str]) -> tuple[float, float, float, float]:
     """The plain loop, then the runner, on the same K cells: (end-to-end ratio, trials-phase
-    ratio). Pairs run back to back, so a drift of the machine's speed hits both sides."""
+    ratio, plain seconds, runner seconds). Pairs run back to back, so a drift of the
+    machine's speed hits both sides."""
     out.mkdir(parents=True)
     plain_cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-loop", "--grid", str(grid),
                  "--threads", str(args.threads), "--out", str(out / "plain"), *common,
@@ -143,7 +144,7 @@ def _pair(args: argparse.Namespace, out: Path, grid: Path, common: list[str],
     print(f"overhead ratio runner / plain = {runner / plain:.3f} end to end (target <= 1.10), "
           f"{phase / loop:.3f} trials phase / loop; {(runner - plain) / args.k:.1f} s per trial",
           flush=True)
-    return runner / plain, phase / loop
+    return runner / plain, phase / loop, plain, runner
 
 
 def main() -> int:
@@ -187,6 +188,9 @@ def main() -> int:
             print(f"median of {args.repeats} pairs: runner / plain = {statistics.median(ends):.3f} "
                   f"end to end (range {ends[0]:.3f}-{ends[-1]:.3f}; target <= 1.10), "
                   f"{statistics.median(phases):.3f} trials phase / loop", flush=True)
+            pooled = sum(r[3] for r in ratios) / sum(r[2] for r in ratios)
+            print(f"pooled over the {args.repeats} pairs: total runner time / total plain time = "
+                  f"{pooled:.3f}", flush=True)
     if args.rss_grid:
         rss_cmd = [sys.executable, str(Path(__file__).resolve()), "--driver-rss", "--grid",
                    args.rss_grid, "--data", store, "--budget", "smoke", "--study-dir",
