@@ -183,13 +183,12 @@ class StudySession:
             self.lock = None
 
 
-def _warm_up(staging: Path, study_dir: Path) -> None:
+def _warm_up(staging: Path, study_dir: Path, new_store: bool) -> None:
     """Work that needs neither Ray nor the study folder, done while Ray starts: MLflow's
-    and Tune's imports (~2 s each) and an empty tracking store (``preload``), for a new
-    study whose store is the default one in its folder."""
+    and Tune's imports (~2 s each) and, for a ``new_store`` (a new study whose store is the
+    default one in its folder), an empty tracking store (``preload``)."""
     import contextlib
 
-    new_store = not (study_dir / "mlflow.db").exists()
     preload(staging / "mlflow.db" if new_store else None, study_dir / "mlartifacts")
     with contextlib.suppress(Exception):  # an import error surfaces again where it is used
         import study.callbacks  # noqa: F401 - Ray Tune and the study's callback
@@ -206,8 +205,9 @@ def open_session(options: StudyOptions, grid: Grid, store: str,
     study_dir = (options.study_dir or Path("studies") / grid.name).resolve()
     staging = Path(tempfile.mkdtemp(prefix="segan-store-"))
     try:
-        warming = threading.Thread(target=_warm_up, args=(staging, study_dir), daemon=True,
-                                   name="warm-up")
+        new_store = options.tracking_uri is None and not (study_dir / "mlflow.db").exists()
+        warming = threading.Thread(target=_warm_up, args=(staging, study_dir, new_store),
+                                   daemon=True, name="warm-up")
         warming.start()  # overlaps Ray's start, which mostly waits for its processes
         print_dashboard(init_ray(options.address, connect_timeout=options.connect_timeout))
         warming.join()
