@@ -71,11 +71,10 @@ def permanent(exc: BaseException) -> bool:
 
 def preload(empty_store: Path | None = None, artifact_root: Path | None = None) -> None:
     """Import what a ``Tracker`` needs (~2 s of MLflow, SQLAlchemy and Alembic modules)
-    and, given ``empty_store``, create an empty SQLite store there with ``artifact_root``
-    as its default experiment's folder: MLflow builds a new store's schema by running
-    every Alembic migration (~1.5 s), and ``adopt_empty_store`` copies the result into a
-    new study folder instead. Touches nothing of the study: ``open_session`` runs this in
-    a thread while Ray starts, before the study folder may be created."""
+    and, given ``empty_store``, build an empty SQLite store there (``artifact_root`` for its
+    default experiment): a new store runs every Alembic migration (~1.5 s), and
+    ``adopt_empty_store`` copies the result into a new study folder. Touches nothing of the
+    study: ``open_session`` runs this in a thread while Ray starts."""
     import contextlib
     import logging
 
@@ -85,9 +84,11 @@ def preload(empty_store: Path | None = None, artifact_root: Path | None = None) 
 
         if empty_store is not None and artifact_root is not None:
             logging.getLogger("mlflow").setLevel(logging.WARNING)
-            store = SqlAlchemyStore(f"sqlite:///{empty_store.as_posix()}",
+            building = empty_store.with_name(empty_store.name + ".building")
+            store = SqlAlchemyStore(f"sqlite:///{building.as_posix()}",
                                     artifact_root.resolve().as_uri())
             store.engine.dispose()  # every connection closed: the file is complete
+            os.replace(building, empty_store)  # a failed build leaves no store to adopt
 
 
 def adopt_empty_store(empty_store: Path, tracking_uri: str) -> None:
