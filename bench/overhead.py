@@ -12,7 +12,7 @@
    budget and ``--rss-steps`` steps per trial.
 
     python bench/overhead.py                              # K=4 trials of 30 s, 63-cell RSS
-    python bench/overhead.py --repeats 3 --rss-grid ''    # 3 pairs, median ratio
+    python bench/overhead.py --repeats 4 --rss-grid ''    # 4 pairs (ABBA), median and pooled
     python bench/overhead.py --k 2 --trial-seconds 10 --rss-grid ''   # quick, no RSS run
 """
 
@@ -123,10 +123,11 @@ def calibrate(store: str, grid: str, budget: str, seconds: float, threads: int, 
 
 
 def _pair(args: argparse.Namespace, out: Path, grid: Path, common: list[str],
-          sets: list[str]) -> tuple[float, float, float, float]:
-    """The plain loop, then the runner, on the same K cells: (end-to-end ratio, trials-phase
-    ratio, plain seconds, runner seconds). Pairs run back to back, so a drift of the
-    machine's speed hits both sides."""
+          sets: list[str], runner_first: bool) -> tuple[float, float, float, float]:
+    """The plain loop and the runner on the same K cells, back to back: (end-to-end ratio,
+    trials-phase ratio, plain seconds, runner seconds). Pairs alternate which side goes
+    first (plain-runner, runner-plain, ...), so a steady drift of the machine's speed
+    cancels out of the pooled ratio over an even number of pairs."""
     out.mkdir(parents=True)
     plain_cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-loop", "--grid", str(grid),
                  "--threads", str(args.threads), "--out", str(out / "plain"), *common,
@@ -134,13 +135,17 @@ def _pair(args: argparse.Namespace, out: Path, grid: Path, common: list[str],
     runner_cmd = [sys.executable, "run_study.py", "--grid", str(grid), "--study-dir",
                   str(out / "study"), "--cpus-per-trial", str(args.threads), "--max-concurrent",
                   "1", "--no-report", *common, *(x for s in sets for x in ("--set", s))]
-    plain, _ = _timed(plain_cmd, out / "plain.log")
-    loop = json.loads((out / "plain.log").read_text().strip().splitlines()[-1])["loop_s"]
-    print(f"plain loop: {args.k} trials in {plain:.1f} s (one process, fit + evaluation; "
-          f"the loop itself {loop:.1f} s)", flush=True)
-    runner, phase = _timed(runner_cmd, out / "runner.log")
-    print(f"runner:     {args.k} trials in {runner:.1f} s (run_study.py: Ray + MLflow + checkpoints;"
-          f" trials phase {phase:.1f} s)", flush=True)
+    sides = ["runner", "plain"] if runner_first else ["plain", "runner"]
+    for side in sides:
+        if side == "plain":
+            plain, _ = _timed(plain_cmd, out / "plain.log")
+            loop = json.loads((out / "plain.log").read_text().strip().splitlines()[-1])["loop_s"]
+            print(f"plain loop: {args.k} trials in {plain:.1f} s (one process, fit + evaluation; "
+                  f"the loop itself {loop:.1f} s)", flush=True)
+        else:
+            runner, phase = _timed(runner_cmd, out / "runner.log")
+            print(f"runner:     {args.k} trials in {runner:.1f} s (run_study.py: Ray + MLflow + "
+                  f"checkpoints; trials phase {phase:.1f} s)", flush=True)
     print(f"overhead ratio runner / plain = {runner / plain:.3f} end to end (target <= 1.10), "
           f"{phase / loop:.3f} trials phase / loop; {(runner - plain) / args.k:.1f} s per trial",
           flush=True)
@@ -154,7 +159,8 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=4, help="trials on each side (0: only the RSS run)")
     ap.add_argument("--trial-seconds", type=float, default=30.0, help="length of one trial")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="plain/runner pairs, back to back (the median ratio is printed)")
+                    help="plain/runner pairs, alternating which goes first (median and pooled "
+                         "ratios are printed; use an even number)")
     ap.add_argument("--budget", default="smoke", help="training budget of the cells")
     ap.add_argument("--threads", type=int, default=2, help="torch threads = --cpus-per-trial")
     ap.add_argument("--data", default=None, help="store (default: the synthetic one)")
@@ -182,7 +188,8 @@ def main() -> int:
         sets = [f"train.max_steps={steps}", "train.max_epochs=100000", "train.patience=0",
                 "train.max_seconds=0"]
         common = ["--data", store, "--budget", args.budget, "--seeds", seeds]
-        ratios = [_pair(args, tmp / f"pair{r}", grid, common, sets) for r in range(args.repeats)]
+        ratios = [_pair(args, tmp / f"pair{r}", grid, common, sets, runner_first=r % 2 == 1)
+                  for r in range(args.repeats)]
         if args.repeats > 1:
             ends, phases = sorted(r[0] for r in ratios), sorted(r[1] for r in ratios)
             print(f"median of {args.repeats} pairs: runner / plain = {statistics.median(ends):.3f} "

@@ -98,7 +98,8 @@ def measure(grid: Any, slots: int, root: Path, staged: bool, fail: str = "") -> 
     (a barrier between stages: the runner before it became dependency-aware)."""
     import study.trainable
     from study.grids import Grid
-    from study.runner import Resources, StudyRunner, init_ray
+    from study.ray_cluster import init_ray
+    from study.runner import Resources, StudyRunner
     from study.tracking import Tracker, default_tracking_uri
 
     study.trainable.run_trial = sleep_trial  # the runner imports it at launch

@@ -24,7 +24,8 @@ from core.atomic import write_text
 from core.errors import UserError
 from study.grids import Grid
 from study.journal import JOURNAL_NAME
-from study.runner import CONNECT_TIMEOUT_S, Resources, StudyRunner
+from study.ray_cluster import CONNECT_TIMEOUT_S
+from study.runner import Resources, StudyRunner
 from study.tracking import WAIT_S, Tracker, adopt_empty_store, preload
 
 
@@ -199,7 +200,8 @@ def open_session(options: StudyOptions, grid: Grid, store: str,
                  manifest: dict[str, Any]) -> StudySession:
     """Ray, the study folder and ``study.json``, the tracker and its parent run, the runner."""
     from core.version import code_version
-    from study.runner import cluster_gpus, decide_gpus, init_ray, print_dashboard
+    from study.ray_cluster import cluster_gpus, init_ray, print_dashboard
+    from study.runner import decide_gpus
     from study.tracking import default_tracking_uri
 
     study_dir = (options.study_dir or Path("studies") / grid.name).resolve()

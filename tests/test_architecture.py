@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN_IN_CORE = ("ray", "mlflow", "optuna", "study")
 # external system -> the study modules allowed to import it
 ADAPTERS = {
-    "ray": {"runner", "scheduling", "trainable", "callbacks", "hpo"},
+    "ray": {"ray_cluster", "runner", "scheduling", "trainable", "callbacks", "hpo"},
     "mlflow": {"tracking", "tracking_ops", "report_stats", "predict_cli", "mlflow_meta", "mlflow_results"},
     "optuna": {"hpo"},
 }

@@ -4,6 +4,7 @@ with one line. Real processes; sockets read from /proc (no psutil needed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -22,7 +23,7 @@ LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 LOCAL = """
 import sys
 sys.path.insert(0, {repo!r})
-from study.runner import init_ray
+from study.ray_cluster import init_ray
 init_ray(None, num_cpus=1)
 import ray
 ray.get(ray.remote(lambda: 1).remote())   # a worker process exists too
@@ -167,7 +168,7 @@ SILENT = """
 import socket, sys
 sys.path.insert(0, {repo!r})
 server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(8)
-from study.runner import init_ray
+from study.ray_cluster import init_ray
 init_ray("127.0.0.1:%d" % server.getsockname()[1], connect_timeout=4)
 print("joined?!")
 """
@@ -182,3 +183,51 @@ def test_address_that_accepts_but_never_answers_is_cut_at_the_timeout():
     assert "joined?!" not in proc.stdout
     assert "error: no Ray cluster answered at 127.0.0.1:" in proc.stderr and "within 4 s" in proc.stderr
     assert took < 40, took
+
+
+FIRST_TRIAL = """
+import json, os, sys, tempfile, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+os.environ["SEGAN_PROBE"] = "from the driver"
+from study.ray_cluster import init_ray, trials_without_runtime_env
+init_ray(None, num_cpus=1)
+from ray import tune
+
+def idle_workers():
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{{entry}}/cmdline").read_bytes().startswith(b"ray::IDLE"):
+                found.add(int(entry))
+        except OSError:
+            pass
+    return found
+
+deadline = time.monotonic() + 60
+while not idle_workers() and time.monotonic() < deadline:  # Ray starts them after the driver joins
+    time.sleep(0.2)
+idle = idle_workers()
+
+def probe(config):
+    tune.report({{"pid": os.getpid(), "pl": os.environ.get("PL_DISABLE_FORK", ""),
+                 "probe": os.environ.get("SEGAN_PROBE", ""),
+                 "path": os.environ.get("PYTHONPATH", "")}})
+
+trials_without_runtime_env()
+result = tune.Tuner(probe, run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0)).fit()
+print(json.dumps({{"idle": sorted(idle), **{{k: result[0].metrics[k] for k in ("pid", "pl", "probe", "path")}}}}))
+"""
+
+
+def test_the_first_trial_runs_on_a_worker_ray_started_ahead_with_the_study_environment():
+    """No runtime_env on the job or the trial actor (it would need a new process): the
+    variables reach the trial by inheritance from the driver."""
+    proc = subprocess.run([sys.executable, "-c", FIRST_TRIAL.format(repo=str(REPO))],
+                          capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["idle"], "Ray started no worker ahead of time"
+    assert seen["pid"] in seen["idle"], seen
+    assert seen["pl"] == "1" and seen["probe"] == "from the driver", seen
+    assert str(REPO) in seen["path"].split(os.pathsep), seen
