@@ -186,7 +186,7 @@ def test_address_that_accepts_but_never_answers_is_cut_at_the_timeout():
 
 
 FIRST_TRIAL = """
-import json, os, sys, tempfile, time
+import json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
 os.environ["SEGAN_PROBE"] = "from the driver"
@@ -215,15 +215,16 @@ def probe(config):
                  "path": os.environ.get("PYTHONPATH", "")}})
 
 trials_without_runtime_env()
-result = tune.Tuner(probe, run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0)).fit()
+result = tune.Tuner(probe, run_config=tune.RunConfig(storage_path={storage!r}, verbose=0)).fit()
 print(json.dumps({{"idle": sorted(idle), **{{k: result[0].metrics[k] for k in ("pid", "pl", "probe", "path")}}}}))
 """
 
 
-def test_the_first_trial_runs_on_a_worker_ray_started_ahead_with_the_study_environment():
+def test_the_first_trial_runs_on_a_worker_ray_started_ahead_with_the_study_environment(tmp_path):
     """No runtime_env on the job or the trial actor (it would need a new process): the
     variables reach the trial by inheritance from the driver."""
-    proc = subprocess.run([sys.executable, "-c", FIRST_TRIAL.format(repo=str(REPO))],
+    script = FIRST_TRIAL.format(repo=str(REPO), storage=str(tmp_path / "ray_results"))
+    proc = subprocess.run([sys.executable, "-c", script],
                           capture_output=True, text=True, timeout=180, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
