@@ -191,7 +191,9 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 os.environ["SEGAN_PROBE"] = "from the driver"
 from study.ray_cluster import init_ray, trials_without_runtime_env
-init_ray(None, num_cpus=1)
+# Two CPUs: Ray prestarts one worker per CPU, and after a second idle it reaps workers
+# beyond num_cpus counting the driver, so one CPU would leave none on a loaded machine.
+init_ray(None, num_cpus=2)
 from ray import tune
 
 def idle_workers():
@@ -204,10 +206,11 @@ def idle_workers():
             pass
     return found
 
+idle = set()  # every prestarted worker seen, even one reaped before the trial starts
 deadline = time.monotonic() + 60
-while not idle_workers() and time.monotonic() < deadline:  # Ray starts them after the driver joins
-    time.sleep(0.2)
-idle = idle_workers()
+while len(idle) < 2 and time.monotonic() < deadline:  # Ray starts them after the driver joins
+    idle |= idle_workers()
+    time.sleep(0.05)
 
 def probe(config):
     tune.report({{"pid": os.getpid(), "pl": os.environ.get("PL_DISABLE_FORK", ""),
