@@ -96,13 +96,13 @@ def list_schedule(trials: list[Any], slots: int, barrier: bool) -> float:
 def measure(grid: Any, slots: int, root: Path, staged: bool, fail: str = "") -> float:
     """Wall time of ``StudyRunner.run`` over ``grid``; ``staged`` runs it once per stage
     (a barrier between stages: the runner before it became dependency-aware)."""
-    import study.trainable
+    import study.trial_entry
     from study.grids import Grid
     from study.ray_cluster import init_ray
     from study.runner import Resources, StudyRunner
     from study.tracking import Tracker, default_tracking_uri
 
-    study.trainable.run_trial = sleep_trial  # the runner imports it at launch
+    study.trial_entry.run_trial = sleep_trial  # the runner imports it at launch
     root.mkdir(parents=True, exist_ok=True)
     init_ray(None, num_cpus=slots)
     tracker = Tracker(default_tracking_uri(root), "packing", artifact_root=root / "mlartifacts",

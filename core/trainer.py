@@ -29,6 +29,7 @@ from core.checkpoint import (
     weights_digest,
 )
 from core.config import ExperimentConfig
+from core.data.store_facts import store_facts
 from core.device import autocast_dtype, configure_backends, memory_report, resolve_device
 from core.errors import ConfigError
 from core.freezing import Strategy, apply_strategy, get_strategy, set_train_mode
@@ -39,7 +40,6 @@ from core.training_data import (
     device_batches_for,
     epoch_order,
     store_data,
-    store_facts,
 )
 from core.validation import prepare_evaluated, validate
 from core.version import code_version

@@ -92,21 +92,6 @@ def device_batches_for(train_set: EpochDataset, cfg: ExperimentConfig, device: t
     return DeviceBatches(train_set, device)
 
 
-def store_facts(location: str) -> dict[str, Any]:
-    """What a checkpoint needs from its store to stand alone: preprocessing (so ``predict``
-    reproduces the input), store id, split sizes and the evaluation window."""
-    if not location:
-        return {}
-    from core.data.store import BratsStore
-    from core.protocol import EVAL_WINDOW
-
-    store = BratsStore(location)
-    m = store.manifest
-    splits = {s: len(store.case_ids(s)) for s in ("train", "val", "test")}
-    return {"store_id": m.get("store_id", ""), "preprocessing": m.get("preprocessing", {}),
-            "store_splits": splits, "eval_window": EVAL_WINDOW}
-
-
 def epoch_order(train_set: EpochDataset, cfg: ExperimentConfig, epoch: int) -> list[int]:
     """This epoch's training slices: ``epoch_indices``, with ``data.tumour_fraction`` of them
     (if > 0) drawn from slices that hold tumour (seeded, without repeats while they last)."""

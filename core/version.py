@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
 
 
+@functools.cache
 def code_version() -> str:
-    """Git commit (with ``-dirty``) of this checkout, else the installed package version."""
+    """Git commit (with ``-dirty``) of this checkout, else the installed package version.
+
+    Once per process: the code a process runs does not change, and training names it in a
+    checkpoint every epoch (a ``git`` process each time, before)."""
     try:
         out = subprocess.run(
             ["git", "-C", str(_REPO), "describe", "--always", "--dirty", "--abbrev=12"],

@@ -13,7 +13,7 @@ from ray.tune import Callback
 from core.protocol import parse_eval_metric
 from study.mlflow_meta import record_dataset, strict_json, summary_columns
 from study.tracking import Tracker
-from study.trainable import FINAL_KEY, HISTORY_KEY, NOTE_KEY
+from study.trial_entry import FINAL_KEY, HISTORY_KEY, NOTE_KEY
 
 PROGRESS_EVERY = 60.0
 """Seconds between progress lines of one running trial."""

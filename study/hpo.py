@@ -142,7 +142,7 @@ def run_hpo(session: Any) -> int:
     from study.callbacks import StudyCallback
     from study.runner import run_tag_values
     from study.session import parent_run
-    from study.trainable import sampled_id
+    from study.trial_entry import sampled_id
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     grid, tracker, runner = session.grid, session.tracker, session.runner

@@ -91,7 +91,7 @@ def summary_columns(cell: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict
 
 @functools.lru_cache(maxsize=8)
 def _store_facts(location: str) -> str:
-    from core.training_data import store_facts
+    from core.data.store_facts import store_facts
 
     return json.dumps(store_facts(location))
 

@@ -177,7 +177,7 @@ class StudyRunner:
         trial's checkpoint, one checkpoint kept per trial, MLflow through ``callback``."""
         from ray import tune
 
-        from study.trainable import run_trial
+        from study.trial_entry import run_trial
 
         res = self.resources
         trainable = tune.with_resources(run_trial, {"cpu": res.cpus_per_trial, "gpu": self.trial_gpus()})

@@ -142,10 +142,30 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
 
 
 def hardware() -> str:
-    import torch
+    """This machine's CPU model, CPU count and NVIDIA GPUs, read from ``/proc`` (the driver
+    does not import torch; only trials do)."""
+    import glob
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}"
+    cpu = proc_value("/proc/cpuinfo", "model name") or platform.processor() or platform.machine()
+    gpus = [proc_value(path, "Model") for path in sorted(glob.glob(NVIDIA_GPUS))]
+    return f"{cpu}, {os.cpu_count()} CPUs, {', '.join(filter(None, gpus)) or 'no NVIDIA GPU'}"
+
+
+NVIDIA_GPUS = "/proc/driver/nvidia/gpus/*/information"
+"""One file per GPU that NVIDIA's driver sees, with a ``Model:`` line."""
+
+
+def proc_value(path: str, key: str) -> str:
+    """The value of the first ``key: value`` line of a ``/proc`` file ("" if none)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == key:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
 
 
 def eval_split_of(manifest: Mapping[str, Any]) -> str:

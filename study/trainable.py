@@ -27,12 +27,7 @@ from core.evaluation import volumes
 from core.nested import merge, unflatten
 from core.protocol import eval_metric
 from core.trainer import fit
-
-FINAL_KEY = "trial/final"
-HISTORY_KEY = "trial/history"
-"""JSON list of the checkpoint's per-epoch reports (first report of an attempt, and final)."""
-NOTE_KEY = "trial/note"
-"""One line when the trial resumed from a fallback checkpoint (else "")."""
+from study.trial_entry import FINAL_KEY, HISTORY_KEY, NOTE_KEY, sampled_id
 
 
 def _inject_fault(name: str, patterns: str) -> int:
@@ -61,13 +56,6 @@ def _fail_once_after(epoch: int, out_dir: Path, report: Callable[[dict[str, Any]
             raise RuntimeError(f"deliberate failure after epoch {epoch} (--inject-failure)")
 
     return report_then_fail
-
-
-def sampled_id(sampled: dict[str, Any]) -> str:
-    """Identity of one HPO sample (its values), used for its folder and MLflow tag."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(sampled, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _resume_point(out_dir: Path) -> dict[str, str]:

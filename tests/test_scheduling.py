@@ -70,12 +70,12 @@ def test_one_tuner_starts_a_transfer_before_an_unrelated_slow_source_ends(tmp_pa
     from ray import cloudpickle
 
     import bench.packing as packing
-    import study.trainable
+    import study.trial_entry
     from study.runner import Resources, StudyRunner
     from study.tracking import Tracker, default_tracking_uri
 
     cloudpickle.register_pickle_by_value(packing)  # Ray's workers need not import bench/
-    monkeypatch.setattr(study.trainable, "run_trial", packing.sleep_trial)
+    monkeypatch.setattr(study.trial_entry, "run_trial", packing.sleep_trial)
     slow, fast = _spec("slow", seconds=10.0), _spec("fast", seconds=0.2)
     grid = Grid("dag", "", "none", [slow, fast, _spec("after-fast", "fast", 0.2),
                                     _spec("after-slow", "slow", 0.2)])
@@ -99,12 +99,12 @@ def test_a_source_outside_the_grid_is_found_in_the_study_runs(tmp_path, ray_sess
     from ray import cloudpickle
 
     import bench.packing as packing
-    import study.trainable
+    import study.trial_entry
     from study.runner import Resources, StudyRunner
     from study.tracking import Tracker, default_tracking_uri
 
     cloudpickle.register_pickle_by_value(packing)
-    monkeypatch.setattr(study.trainable, "run_trial", packing.sleep_trial)
+    monkeypatch.setattr(study.trial_entry, "run_trial", packing.sleep_trial)
     tracker = Tracker(default_tracking_uri(tmp_path), "parts", artifact_root=tmp_path / "art")
     tracker.start_parent("parts", {}, {"grid": "parts"})
     source = _spec("src", seconds=0.1)
