@@ -123,9 +123,9 @@ def calibrate(store: str, grid: str, budget: str, seconds: float, threads: int, 
 
 
 def _pair(args: argparse.Namespace, out: Path, grid: Path, common: list[str],
-          sets: list[str], runner_first: bool) -> tuple[float, float, float, float]:
+          sets: list[str], runner_first: bool) -> tuple[float, ...]:
     """The plain loop and the runner on the same K cells, back to back: (end-to-end ratio,
-    trials-phase ratio, plain seconds, runner seconds). Pairs alternate which side goes
+    trials-phase ratio, plain seconds, runner seconds, plain and runner training seconds). Pairs alternate which side goes
     first (plain-runner, runner-plain, ...), so a steady drift of the machine's speed
     cancels out of the pooled ratio over an even number of pairs."""
     out.mkdir(parents=True)
@@ -149,7 +149,20 @@ def _pair(args: argparse.Namespace, out: Path, grid: Path, common: list[str],
     print(f"overhead ratio runner / plain = {runner / plain:.3f} end to end (target <= 1.10), "
           f"{phase / loop:.3f} trials phase / loop; {(runner - plain) / args.k:.1f} s per trial",
           flush=True)
-    return runner / plain, phase / loop, plain, runner
+    fit_plain, fit_runner = _fit_seconds(out / "plain"), _fit_seconds(out / "study" / "trials")
+    print(f"  of which training (fit, from the checkpoints): runner {fit_runner:.1f} s, plain "
+          f"{fit_plain:.1f} s ({fit_runner / fit_plain:.3f}); the rest: runner "
+          f"{runner - fit_runner:.1f} s, plain {plain - fit_plain:.1f} s", flush=True)
+    return runner / plain, phase / loop, plain, runner, fit_plain, fit_runner
+
+
+def _fit_seconds(trials: Path) -> float:
+    """Training time of the cells under ``trials`` (each ``last.pt``'s own clock): the
+    part of each side that is the same work, so a gap there is the machine's speed or the
+    CPU that Ray's processes take from the trial, not the runner's own steps."""
+    from core.checkpoint import load_checkpoint
+
+    return sum(float(load_checkpoint(p)["seconds"]) for p in sorted(trials.glob("*/last.pt")))
 
 
 def main() -> int:
@@ -198,6 +211,10 @@ def main() -> int:
             pooled = sum(r[3] for r in ratios) / sum(r[2] for r in ratios)
             print(f"pooled over the {args.repeats} pairs: total runner time / total plain time = "
                   f"{pooled:.3f}", flush=True)
+            fit_plain, fit_runner = sum(r[4] for r in ratios), sum(r[5] for r in ratios)
+            rest = (sum(r[3] for r in ratios) - fit_runner) / (sum(r[2] for r in ratios) - fit_plain)
+            print(f"pooled training time runner / plain = {fit_runner / fit_plain:.3f}; pooled "
+                  f"time outside training runner / plain = {rest:.3f}", flush=True)
     if args.rss_grid:
         rss_cmd = [sys.executable, str(Path(__file__).resolve()), "--driver-rss", "--grid",
                    args.rss_grid, "--data", store, "--budget", "smoke", "--study-dir",
