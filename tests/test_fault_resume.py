@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -29,7 +30,9 @@ from tests.tiny_study import ONE_CELL_GRID
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 6
+EPOCHS = 30
+"""Enough that the kill lands mid-trial: a smoke epoch takes ~0.1 s, and finding the third
+epoch, walking /proc and killing take a few of them."""
 GRID = ONE_CELL_GRID
 
 
@@ -126,8 +129,10 @@ def test_driver_kill_and_corrupt_last_lose_and_double_nothing(tmp_path, syntheti
     per_epoch = [k for k in run.data.metrics if k.startswith(("train/", "val/", "time/"))
                  and k not in ("train/epochs", "train/steps")]
     assert "train/loss_s" in per_epoch and "val/dice" in per_epoch
-    for key in per_epoch:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-        assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, sorted(steps))
     history = load_checkpoint(folder / "last.pt")["history"]
     assert [int(h["epoch"]) for h in history] == list(range(1, EPOCHS + 1))
+    for key in per_epoch:  # every epoch once, except where the value is undefined (NaN
+        # precision of an empty prediction), which MLflow never gets
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        expected = [int(h["epoch"]) for h in history if math.isfinite(h.get(key, math.nan))]
+        assert sorted(steps) == expected and len(expected) >= EPOCHS - 3, (key, sorted(steps))

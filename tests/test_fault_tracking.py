@@ -26,7 +26,7 @@ from core.checkpoint import load_checkpoint
 from tests.tiny_study import ONE_CELL_GRID
 
 pytestmark = pytest.mark.slow
-EPOCHS = 16
+EPOCHS = 30  # the outage must begin mid-trial: smoke epochs take ~0.1 s
 OUTAGE_S = 15.0
 GRID = ONE_CELL_GRID
 
