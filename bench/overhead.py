@@ -125,9 +125,10 @@ def calibrate(store: str, grid: str, budget: str, seconds: float, threads: int, 
 def _pair(args: argparse.Namespace, out: Path, grid: Path, common: list[str],
           sets: list[str], runner_first: bool) -> tuple[float, ...]:
     """The plain loop and the runner on the same K cells, back to back: (end-to-end ratio,
-    trials-phase ratio, plain seconds, runner seconds, plain and runner training seconds). Pairs alternate which side goes
-    first (plain-runner, runner-plain, ...), so a steady drift of the machine's speed
-    cancels out of the pooled ratio over an even number of pairs."""
+    trials-phase ratio, plain seconds, runner seconds, plain and runner training seconds).
+    Pairs alternate which side goes first (plain-runner, runner-plain, ...), so a steady
+    drift of the machine's speed cancels out of the pooled ratio over an even number of
+    pairs."""
     out.mkdir(parents=True)
     plain_cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-loop", "--grid", str(grid),
                  "--threads", str(args.threads), "--out", str(out / "plain"), *common,
