@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from study.reaper import watch_local_ray
+from study.reaper import tell_watcher, watch_local_ray
 
 # Quiet Tune's console tables (the study prints its own progress) and skip its
 # per-trial CSV/JSON/TensorBoard loggers: MLflow is the record. Set before Ray or Tune
@@ -94,10 +94,12 @@ def _start_local(num_cpus: int | None, kwargs: dict[str, Any]) -> Any:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before this point
-    return ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK,
-                    include_dashboard=True, dashboard_host=LOOPBACK,
-                    _system_config={"enable_metrics_collection": False},
-                    configure_logging=True, logging_level=logging.ERROR, **kwargs)
+    ctx = ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK,
+                   include_dashboard=True, dashboard_host=LOOPBACK,
+                   _system_config={"enable_metrics_collection": False},
+                   configure_logging=True, logging_level=logging.ERROR, **kwargs)
+    tell_watcher(str(getattr(ctx, "address_info", {}).get("session_dir") or ""))
+    return ctx
 
 
 LOOPBACK = "127.0.0.1"

@@ -6,7 +6,11 @@ to the GCS that died with it, waits out a 60-s RPC timeout while they hold ports
 memory. So every process of the local Ray inherits a mark (``OWNER_VAR``) from the
 driver, and a tiny watcher process holds the read end of a pipe whose write end only the
 driver has: the kernel closes it however the driver ends (exit, Ctrl-C, SIGKILL, OOM), the
-watcher wakes and ends whatever still carries the mark. The driver's normal exit also
+watcher wakes and ends whatever still carries the mark. The agents lose the mark: they
+rename themselves (``setproctitle``), which overwrites what ``/proc/<pid>/environ`` shows.
+So the watcher also ends Ray's processes that hold a file of the session's folder open
+(every Ray process logs there); the driver writes that folder into the pipe once Ray is up
+(``tell_watcher``), and the watcher also reads it off the marked processes' command lines. The driver's normal exit also
 leaves this to the watcher (``exit_to_watcher``): Ray's own shutdown at exit ends the same
 processes gracefully but takes 3–4 s.
 """
@@ -27,23 +31,50 @@ GRACE_S = 2.0
 """Seconds between SIGTERM and SIGKILL for a marked process that is still there."""
 
 _WATCHER = r"""
-import os, signal, sys, time
+import os, re, signal, sys, time
 mark, grace = sys.argv[1].encode(), float(sys.argv[2])
+said = b""
 try:
-    while os.read(0, 4096):
-        pass                      # EOF: the driver's end of the pipe is closed, it has ended
+    while chunk := os.read(0, 4096):
+        said += chunk             # the session folders the driver names (tell_watcher)
 except OSError:
-    pass
+    pass                          # EOF: the driver's end of the pipe is closed, it has ended
+sessions = {line.rstrip(b"/") + b"/" for line in said.splitlines() if line.strip()}
+
+def read(pid, what):
+    with open(f"/proc/{pid}/{what}", "rb") as fh:
+        return fh.read()
+
+def holds_session_file(pid):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}").encode()
+        except OSError:
+            continue
+        if any(target.startswith(s) for s in sessions):
+            return True
+    return False
 
 def marked():
+    pids, others = [], []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
             try:
-                with open(f"/proc/{entry}/environ", "rb") as fh:
-                    if mark in fh.read().split(b"\0"):
-                        yield int(entry)
+                if mark not in read(entry, "environ").split(b"\0"):
+                    others.append(entry)
+                    continue
+                found = re.findall(rb"--session[_-]dir=([^\0]+)", read(entry, "cmdline"))
+                sessions.update(m.rstrip(b"/") + b"/" for m in found)
+                pids.append(int(entry))
             except OSError:       # gone, a zombie, or not ours to read
                 pass
+    for entry in others if sessions else ():
+        try:  # an agent: renamed, its environ no longer shows the mark
+            if b"ray" in read(entry, "cmdline") and holds_session_file(entry):
+                pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
 
 for sig in (signal.SIGTERM, signal.SIGKILL):
     pids = list(marked())
@@ -58,7 +89,7 @@ for sig in (signal.SIGTERM, signal.SIGKILL):
 """
 
 _DRIVER_END: list[int] = []
-"""The pipe's write end: never written, open for this process's lifetime."""
+"""The pipe's write end, open for this process's lifetime (only ``tell_watcher`` writes)."""
 
 
 def watch_local_ray() -> str:
@@ -78,6 +109,13 @@ def watch_local_ray() -> str:
     _DRIVER_END.append(write_end)
     os.environ[OWNER_VAR] = token
     return token
+
+
+def tell_watcher(session_dir: str) -> None:
+    """Name the local Ray's session folder to the watcher (see the module's docstring)."""
+    if _DRIVER_END and session_dir:
+        with contextlib.suppress(OSError):
+            os.write(_DRIVER_END[0], session_dir.encode() + b"\n")
 
 
 def exit_to_watcher(code: int) -> None:

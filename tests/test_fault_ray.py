@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import marked_processes, ray_left_behind
+from tests.processes import marked_processes, process_tree, ray_left_behind
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -144,9 +144,11 @@ def test_a_killed_driver_leaves_no_ray_process_behind():
     prefix = f"{OWNER_VAR}={proc.pid}-".encode()
     ray = marked_processes(prefix)
     assert {"gcs_server", "raylet"} <= set(ray.values()) and len(ray) >= 4, (ray, "".join(lines))
+    tree = process_tree(proc.pid)  # the agents too: renamed, they lose the mark (see reaper)
+    assert sum(1 for _, name in tree.values() if name.startswith("ray::")) >= 3, tree
     proc.kill()
     proc.wait()
-    left = ray_left_behind(proc.pid)
+    left = ray_left_behind(proc.pid, tree=tree)
     assert not left, f"still running 15 s after the driver was killed: {left}"
 
 
