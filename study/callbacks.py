@@ -71,14 +71,14 @@ class StudyCallback(Callback):
         self.started[self._cell(trial)["trial_id"]] = time.monotonic()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        cell = self._cell(trial)
+        cell, final = self._cell(trial), bool(result.get(FINAL_KEY))
         rows = self._history_rows(cell, result)
-        if not result.get(FINAL_KEY):
+        if not final:
             rows.append((int(result.get("epoch", 0)), result))
-        self.tracker.log_steps(self.run_id(trial), (  # one store call per report
+        self.tracker.log_steps(self.run_id(trial), (  # one store call per report, made by the
             (step, {k: v for k, v in row.items() if "/" in k and isinstance(v, (int, float))})
-            for step, row in rows))
-        if result.get(FINAL_KEY):
+            for step, row in rows), background=not final)  # courier: the trial waits for us
+        if final:
             self._final(cell, self.run_id(trial), result)
         else:
             self._epoch_line(cell, result)

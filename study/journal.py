@@ -30,6 +30,7 @@ class Journal:
         self.pending: list[dict[str, Any]] = []
         self._file: TextIO | None = None
         self._disk_error = ""
+        self._lock = threading.Lock()  # the driver adds while the courier delivers
         if path is not None and path.is_file():
             for line in path.read_text().splitlines():
                 try:
@@ -37,7 +38,19 @@ class Journal:
                 except json.JSONDecodeError:  # a line cut by a crash or a full disk
                     continue
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the Tracker when Tune pickles its callbacks: no lock, no open file."""
+        return {**self.__dict__, "_lock": None, "_file": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def add(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._add(entry)
+
+    def _add(self, entry: dict[str, Any]) -> None:
         self.pending.append(entry)
         if self.path is None or self._disk_error:
             return
@@ -56,6 +69,10 @@ class Journal:
 
     def delivered(self, n: int) -> None:
         """The first ``n`` pending entries reached the store; empty the file when all did."""
+        with self._lock:
+            self._delivered(n)
+
+    def _delivered(self, n: int) -> None:
         del self.pending[:n]
         if self.pending or self.path is None:
             return
@@ -70,9 +87,10 @@ class Journal:
             pass
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 def _ends_mid_line(path: Path) -> bool:

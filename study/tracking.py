@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from core.errors import UserError
 from core.nested import flatten
+from study.courier import Courier
 from study.journal import Journal, Outage, first_line
 from study.tracking_ops import deliver
 
@@ -140,6 +141,7 @@ class Tracker:
         self.wait_s = wait_s
         self.journal = Journal(journal)
         self.outage = Outage(tracking_uri, journal)
+        self.courier = Courier(self._flush, lambda: self.outage.retry_every if self.outage.down else None)
         self._logged: dict[str, set[tuple[str, int]]] = {}
         self._open: set[str] = set()
         """Runs this invocation set RUNNING and has not ended yet."""
@@ -230,9 +232,11 @@ class Tracker:
         """Log ``metrics`` at ``step`` unless the run already has that (key, step)."""
         self.log_steps(run_id, [(step, metrics)])
 
-    def log_steps(self, run_id: str, rows: Iterable[tuple[int, Mapping[str, float]]]) -> None:
+    def log_steps(self, run_id: str, rows: Iterable[tuple[int, Mapping[str, float]]],
+                  background: bool = False) -> None:
         """Log several steps' metrics as one entry (one store call: a report carries the
-        epochs held since the last one), skipping (key, step) pairs the run already has."""
+        epochs held since the last one), skipping (key, step) pairs the run already has.
+        ``background``: delivered by the courier, not before this returns."""
         import math
 
         known = self._logged.get(run_id, set())
@@ -245,7 +249,7 @@ class Tracker:
                 fresh.append([int(step), values])
         if fresh:  # else nothing new (e.g. history rows already logged)
             self._write({"op": "metrics", "run": run_id, "rows": fresh,
-                         "time": int(time.time() * 1000)})
+                         "time": int(time.time() * 1000)}, background)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._write({"op": "tags", "run": run_id, "tags": {k: str(v) for k, v in tags.items()}})
@@ -297,6 +301,7 @@ class Tracker:
 
     def close(self, wait_s: float = 60.0) -> None:
         """Deliver what is journaled (bounded); say where the rest waits for the next run."""
+        self.courier.stop(wait_s)
         try:
             self.sync(wait_s, "finishing")
         except UserError as exc:
@@ -304,9 +309,14 @@ class Tracker:
         self.journal.close()
 
     # -- delivery -----------------------------------------------------------
-    def _write(self, entry: dict[str, Any]) -> None:
+    def _write(self, entry: dict[str, Any], background: bool = False) -> None:
+        """Journal ``entry``, then deliver everything pending now (or, ``background``, soon)."""
         self.journal.add(entry)
-        self._flush()
+        if background:
+            self.courier.nudge()
+            return
+        with self.courier.lock:
+            self._flush()
 
     def sync(self, wait_s: float, what: str) -> None:
         """Deliver every journaled entry, waiting up to ``wait_s`` for the store."""
@@ -317,16 +327,17 @@ class Tracker:
         with a bounded backoff, then fail with one line (the journal keeps the writes)."""
         deadline = time.monotonic() + (self.wait_s if wait_s is None else wait_s)
         while True:
-            if self._flush(force=True):
-                try:
-                    with self.outage.watch(what):
-                        result = call()
-                    self.outage.recovered(0)
-                    return result
-                except Exception as exc:  # noqa: BLE001 - transport or store failure
-                    if permanent(exc):
-                        raise
-                    self.outage.failed(exc, len(self.journal.pending))
+            with self.courier.lock:
+                if self._flush(force=True):
+                    try:
+                        with self.outage.watch(what):
+                            result = call()
+                        self.outage.recovered(0)
+                        return result
+                    except Exception as exc:  # noqa: BLE001 - transport or store failure
+                        if permanent(exc):
+                            raise
+                        self.outage.failed(exc, len(self.journal.pending))
             if time.monotonic() >= deadline:
                 raise UserError(
                     f"MLflow tracking at {self.tracking_uri} did not answer for "
@@ -337,7 +348,8 @@ class Tracker:
 
     def _flush(self, force: bool = False) -> bool:
         """Deliver pending entries in order; False (and the entries kept) if the store
-        does not answer. While it is down, retries are paced by the outage."""
+        does not answer. While it is down, retries are paced by the outage. Callers hold
+        ``courier.lock``."""
         if not self.journal.pending:
             return True
         if not force and not self.outage.due():

@@ -156,3 +156,37 @@ def test_a_new_study_adopts_the_prebuilt_empty_store_and_an_old_one_keeps_its_ow
     adopt_empty_store(staging / "mlflow.db", uri)  # the study has a store now: kept as it is
     assert (study / "mlflow.db").read_bytes() == before
     assert Tracker(uri, "exp").client.get_metric_history(run_id, "val/dice")[0].value == 0.5
+
+
+def test_background_metrics_arrive_in_order_without_a_sync_and_before_the_end(tmp_path):
+    """Epoch metrics from Tune's callback go to the courier (the trial does not wait for the
+    store); they still arrive on their own, and a later direct write delivers them first."""
+    import time
+
+    from study.journal import JOURNAL_NAME
+
+    uri, journal = default_tracking_uri(tmp_path), tmp_path / JOURNAL_NAME
+    tracker = Tracker(uri, "t", artifact_root=tmp_path / "art", journal=journal)
+    spec = expand("smoke", ExpandContext("smoke", "/s.zarr", "sid", (0,))).trials[0]
+    tracker.start_parent("p", {}, {"grid": "smoke"})
+    run_id = tracker.open_trial_run(spec, {"trial_id": spec.trial_id}, None)
+
+    def steps() -> list[int]:
+        return sorted(m.step for m in tracker.client.get_metric_history(run_id, "train/loss_s"))
+
+    tracker.log_steps(run_id, [(1, {"train/loss_s": 1.0}), (2, {"train/loss_s": 2.0})],
+                      background=True)
+    deadline = time.monotonic() + 20
+    while steps() != [1, 2]:
+        assert time.monotonic() < deadline, steps()
+        time.sleep(0.05)
+    assert not journal.exists()  # delivered by the courier: nothing kept
+    with tracker.courier.lock:  # the courier is busy: the next entry waits in the journal
+        tracker.log_steps(run_id, [(3, {"train/loss_s": 3.0})], background=True)
+        time.sleep(0.2)
+        assert journal.exists() and len(tracker.journal.pending) == 1
+    tracker.finish(run_id, "FINISHED")  # a direct write: delivers what waits, in order
+    assert steps() == [1, 2, 3]
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
+    tracker.close(wait_s=5)
+    assert not journal.exists()
