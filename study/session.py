@@ -26,7 +26,8 @@ from study.grids import Grid
 from study.journal import JOURNAL_NAME
 from study.ray_cluster import CONNECT_TIMEOUT_S
 from study.runner import Resources, StudyRunner
-from study.tracking import WAIT_S, Tracker, adopt_empty_store, preload
+from study.tracking import WAIT_S, Tracker
+from study.tracking_store import adopt_empty_store, preload
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ FORBIDDEN_IN_CORE = ("ray", "mlflow", "optuna", "study")
 # external system -> the study modules allowed to import it
 ADAPTERS = {
     "ray": {"ray_cluster", "runner", "scheduling", "trainable", "callbacks", "hpo"},
-    "mlflow": {"tracking", "tracking_ops", "report_stats", "predict_cli", "mlflow_meta", "mlflow_results"},
+    "mlflow": {"tracking", "tracking_ops", "tracking_store", "report_stats", "predict_cli", "mlflow_meta", "mlflow_results"},
     "optuna": {"hpo"},
 }
 PY = sorted(p for package in ("core", "study") for p in (REPO / package).rglob("*.py"))

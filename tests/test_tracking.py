@@ -138,7 +138,7 @@ def test_report_side_replay_skips_a_folder_in_use(tmp_path):
 def test_a_new_study_adopts_the_prebuilt_empty_store_and_an_old_one_keeps_its_own(tmp_path):
     """``preload`` builds an empty store off the study folder while Ray starts; a new study
     copies it (no schema migrations on the critical path), an existing store is kept."""
-    from study.tracking import adopt_empty_store, preload
+    from study.tracking_store import adopt_empty_store, preload
 
     staging, study = tmp_path / "staging", tmp_path / "study"
     staging.mkdir()
