@@ -10,9 +10,9 @@ watcher wakes and ends whatever still carries the mark. The agents lose the mark
 rename themselves (``setproctitle``), which overwrites what ``/proc/<pid>/environ`` shows.
 So the watcher also ends Ray's processes that hold a file of the session's folder open
 (every Ray process logs there); the driver writes that folder into the pipe once Ray is up
-(``tell_watcher``), and the watcher also reads it off the marked processes' command lines. The driver's normal exit also
-leaves this to the watcher (``exit_to_watcher``): Ray's own shutdown at exit ends the same
-processes gracefully but takes 3–4 s.
+(``tell_watcher``), and the watcher also reads it off the marked processes' command lines.
+The driver's normal exit also leaves this to the watcher (``exit_to_watcher``): Ray's own
+shutdown at exit ends the same processes gracefully but takes 3–4 s.
 """
 
 from __future__ import annotations
