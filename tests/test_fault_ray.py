@@ -38,27 +38,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    return kids
-
-
-def _descendants(root: int) -> set[int]:
-    kids, out, todo = _children(), set(), [root]
-    while todo:
-        pid = todo.pop()
-        out.add(pid)
-        todo += kids.get(pid, [])
-    return out
-
-
 def _socket_inodes(pid: int) -> set[str]:
     found = set()
     try:
@@ -85,7 +64,7 @@ def _address(hexaddr: str, v6: bool) -> tuple[str, int]:
 
 def listening_sockets(root: int) -> list[tuple[str, int, str]]:
     """(address, port, process name) of every TCP socket listening in ``root``'s process tree."""
-    owner = {ino: pid for pid in _descendants(root) for ino in _socket_inodes(pid)}
+    owner = {ino: pid for pid in process_tree(root) for ino in _socket_inodes(pid)}
     rows = []
     for table, v6 in (("tcp", False), ("tcp6", True)):
         for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
