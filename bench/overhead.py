@@ -175,7 +175,10 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1,
                     help="plain/runner pairs, alternating which goes first (median and pooled "
                          "ratios are printed; use an even number)")
-    ap.add_argument("--budget", default="smoke", help="training budget of the cells")
+    ap.add_argument("--budget", default="demo",
+                    help="training budget of the cells: demo (the synthetic store's default, "
+                         "epochs of ~0.3 s) or smoke (epochs of 4 steps, ~0.1 s: the worst "
+                         "case for what the runner does per epoch)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads = --cpus-per-trial")
     ap.add_argument("--data", default=None, help="store (default: the synthetic one)")
     ap.add_argument("--rss-grid", default="transfer_all", help="grid of the RSS run ('' = skip)")

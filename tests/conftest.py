@@ -54,8 +54,10 @@ def ray_session():
     """One local Ray for the whole suite (starting Ray costs seconds and ~0.6 GB)."""
     import ray
 
+    from study.ray_cluster import LOCAL_SYSTEM_CONFIG
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=True, logging_level="ERROR")
+             configure_logging=True, logging_level="ERROR", _system_config=LOCAL_SYSTEM_CONFIG)
     yield ray
     ray.shutdown()
 

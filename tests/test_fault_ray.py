@@ -53,6 +53,13 @@ def _socket_inodes(pid: int) -> set[str]:
     return found
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _address(hexaddr: str, v6: bool) -> tuple[str, int]:
     ip, port = hexaddr.split(":")
     raw = bytes.fromhex(ip)
@@ -96,6 +103,10 @@ def test_local_ray_listens_on_loopback_only_and_ignores_ray_address():
         assert {"gcs_server", "raylet"} <= names, sockets  # we did see Ray's servers
         exposed = [s for s in sockets if s[0] not in LOOPBACK]
         assert not exposed, f"listening beyond loopback: {exposed}"
+        commands = [_command(pid) for pid in process_tree(proc.pid)]
+        assert any("dashboard.py" in c for c in commands), commands  # we did see Ray's own
+        monitors = [c for c in commands if "log_monitor.py" in c or "_private/monitor.py" in c]
+        assert not monitors, f"Ray's monitors run in a local study: {monitors}"
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
@@ -194,19 +205,21 @@ while len(idle) < 2 and time.monotonic() < deadline:  # Ray starts them after th
     time.sleep(0.05)
 
 def probe(config):
-    tune.report({{"pid": os.getpid(), "pl": os.environ.get("PL_DISABLE_FORK", ""),
+    tune.report({{"pid": os.getpid(), "nice": os.nice(0), "pl": os.environ.get("PL_DISABLE_FORK", ""),
                  "probe": os.environ.get("SEGAN_PROBE", ""),
                  "path": os.environ.get("PYTHONPATH", "")}})
 
 trials_without_runtime_env()
 result = tune.Tuner(probe, run_config=tune.RunConfig(storage_path={storage!r}, verbose=0)).fit()
-print(json.dumps({{"idle": sorted(idle), **{{k: result[0].metrics[k] for k in ("pid", "pl", "probe", "path")}}}}))
+print(json.dumps({{"idle": sorted(idle), "driver_nice": os.nice(0),
+                  **{{k: result[0].metrics[k] for k in ("pid", "nice", "pl", "probe", "path")}}}}))
 """
 
 
 def test_the_first_trial_runs_on_a_worker_ray_started_ahead_with_the_study_environment(tmp_path):
     """No runtime_env on the job or the trial actor (it would need a new process): the
-    variables reach the trial by inheritance from the driver."""
+    variables reach the trial by inheritance from the driver. The trial runs at the
+    driver's niceness, not Ray's default +15 for workers (every daemon would preempt it)."""
     script = FIRST_TRIAL.format(repo=str(REPO), storage=str(tmp_path / "ray_results"))
     proc = subprocess.run([sys.executable, "-c", script],
                           capture_output=True, text=True, timeout=180, cwd=REPO)
@@ -214,5 +227,6 @@ def test_the_first_trial_runs_on_a_worker_ray_started_ahead_with_the_study_envir
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["idle"], "Ray started no worker ahead of time"
     assert seen["pid"] in seen["idle"], seen
+    assert seen["nice"] == seen["driver_nice"], seen
     assert seen["pl"] == "1" and seen["probe"] == "from the driver", seen
     assert str(REPO) in seen["path"].split(os.pathsep), seen
