@@ -108,6 +108,17 @@ def _start_local(num_cpus: int | None, kwargs: dict[str, Any]) -> Any:
 
 LOOPBACK = "127.0.0.1"
 
+LOCAL_SYSTEM_CONFIG = {
+    "enable_metrics_collection": False,  # no Prometheus scrapes a local study
+    "worker_niceness": 0,
+}
+"""Ray settings of a local study's Ray. ``worker_niceness``: Ray starts its workers at
+niceness 15 so that its own daemons win the CPU. Here the workers are the study's trials:
+at 15, every wake-up of the driver, a Ray daemon or a kernel thread preempts the trial's
+threads. Measured inside one trial on every core of a 2-core machine, flipping its
+niceness between 0 and 15 every 5 s: 2-3 % more epochs per second at 0 (demo and smoke
+budgets). A cluster joined with ``--address`` keeps its own settings."""
+
 SKIPPED_MONITORS = {"include_log_monitor": False, "no_monitor": True}
 """Two of Ray's head processes a local study does not use: the log monitor forwards
 workers' output to the driver (``log_to_driver`` is off; the files stay in Ray's session
@@ -141,17 +152,6 @@ def _without_idle_monitors() -> Iterator[None]:
         yield
     finally:
         parameter.RayParams = original
-
-LOCAL_SYSTEM_CONFIG = {
-    "enable_metrics_collection": False,  # no Prometheus scrapes a local study
-    "worker_niceness": 0,
-}
-"""Ray settings of a local study's Ray. ``worker_niceness``: Ray starts its workers at
-niceness 15 so that its own daemons win the CPU. Here the workers are the study's trials:
-at 15, every wake-up of the driver, a Ray daemon or a kernel thread preempts the trial's
-threads. Measured inside one trial on every core of a 2-core machine, flipping its
-niceness between 0 and 15 every 5 s: 2-3 % more epochs per second at 0 (demo and smoke
-budgets). A cluster joined with ``--address`` keeps its own settings."""
 
 
 def _join(address: str, timeout: float, kwargs: dict[str, Any]) -> Any:
