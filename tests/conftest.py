@@ -14,10 +14,14 @@ import pytest
 _SHARED_CACHE = tempfile.mkdtemp(prefix="segan-tests-shm-",
                                  dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
 os.environ["SEGAN_SHARED_CACHE"] = _SHARED_CACHE
+# The per-user cache (study/tracking_store.py: the empty MLflow store) likewise.
+_USER_CACHE = tempfile.mkdtemp(prefix="segan-tests-cache-")
+os.environ["SEGAN_CACHE_DIR"] = _USER_CACHE
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SHARED_CACHE, ignore_errors=True)
+    shutil.rmtree(_USER_CACHE, ignore_errors=True)
 
 # ---------------------------------------------------------------- data fixtures
 # Real BraTS samples live beside the repository (../shared/data/brats-samples), never in it.

@@ -158,6 +158,44 @@ def test_a_new_study_adopts_the_prebuilt_empty_store_and_an_old_one_keeps_its_ow
     assert Tracker(uri, "exp").client.get_metric_history(run_id, "val/dice")[0].value == 0.5
 
 
+def test_the_empty_store_is_migrated_once_then_copied_and_a_broken_template_is_rebuilt(
+        tmp_path, monkeypatch):
+    """The first new study caches its migrated empty store; the next copies it, with the
+    default experiment pointed at its own folder; a corrupt template is built again."""
+    import sqlite3
+
+    import mlflow
+
+    from study.tracking_store import preload, template_path
+
+    monkeypatch.setenv("SEGAN_CACHE_DIR", str(tmp_path / "cache"))
+    template = template_path(mlflow.__version__)
+    assert template is not None and not template.exists()
+    first, second, third = (tmp_path / name for name in ("one", "two", "three"))
+    for study in (first, second):
+        study.mkdir()
+        preload(study / "mlflow.db", study / "mlartifacts")
+        assert template.is_file()
+    with sqlite3.connect(template) as db:  # the copy's edit never reaches the template
+        assert db.execute("SELECT artifact_location FROM experiments").fetchall() == [
+            ((first / "mlartifacts").resolve().as_uri() + "/0",)]
+    tracker = Tracker(default_tracking_uri(second), "exp", artifact_root=second / "mlartifacts")
+    assert tracker.client.get_experiment("0").artifact_location == \
+        (second / "mlartifacts").resolve().as_uri() + "/0"
+    run_id = tracker.client.create_run(tracker.experiment_id).info.run_id
+    tracker.client.log_metric(run_id, "val/dice", 0.5, step=1)
+    assert tracker.client.get_metric_history(run_id, "val/dice")[0].value == 0.5
+
+    template.write_bytes(b"not a database")
+    third.mkdir()
+    preload(third / "mlflow.db", third / "mlartifacts")
+    assert Tracker(default_tracking_uri(third), "exp").client.get_experiment("0").name == "Default"
+    with sqlite3.connect(template) as db:  # rebuilt, with this study's location
+        assert db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+    monkeypatch.setenv("SEGAN_CACHE_DIR", "off")
+    assert template_path(mlflow.__version__) is None
+
+
 def test_background_metrics_arrive_in_order_without_a_sync_and_before_the_end(tmp_path):
     """Epoch metrics from Tune's callback go to the courier (the trial does not wait for the
     store); they still arrive on their own, and a later direct write delivers them first."""
