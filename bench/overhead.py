@@ -14,6 +14,7 @@
     python bench/overhead.py                              # K=4 trials of 30 s, 63-cell RSS
     python bench/overhead.py --repeats 4 --rss-grid ''    # 4 pairs (ABBA), median and pooled
     python bench/overhead.py --k 2 --trial-seconds 10 --rss-grid ''   # quick, no RSS run
+    python bench/overhead.py --repeats 4 --noise-pairs 2 --rss-grid ''  # and the machine's noise
 """
 
 from __future__ import annotations
@@ -130,9 +131,7 @@ def _pair(args: argparse.Namespace, out: Path, grid: Path, common: list[str],
     drift of the machine's speed cancels out of the pooled ratio over an even number of
     pairs."""
     out.mkdir(parents=True)
-    plain_cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-loop", "--grid", str(grid),
-                 "--threads", str(args.threads), "--out", str(out / "plain"), *common,
-                 *(x for s in sets for x in ("--set", s))]
+    plain_cmd = _plain_cmd(args, out / "plain", grid, common, sets)
     runner_cmd = [sys.executable, "run_study.py", "--grid", str(grid), "--study-dir",
                   str(out / "study"), "--cpus-per-trial", str(args.threads), "--max-concurrent",
                   "1", "--no-report", *common, *(x for s in sets for x in ("--set", s))]
@@ -157,6 +156,26 @@ def _pair(args: argparse.Namespace, out: Path, grid: Path, common: list[str],
     return runner / plain, phase / loop, plain, runner, fit_plain, fit_runner
 
 
+def _plain_cmd(args: argparse.Namespace, out: Path, grid: Path, common: list[str],
+               sets: list[str]) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--plain-loop", "--grid", str(grid),
+            "--threads", str(args.threads), "--out", str(out), *common,
+            *(x for s in sets for x in ("--set", s))]
+
+
+def _noise_pair(args: argparse.Namespace, out: Path, grid: Path, common: list[str],
+                sets: list[str]) -> tuple[float, float]:
+    """The plain loop twice on the same cells (an A/A pair): how far this machine alone
+    moves a ratio. Returns (end-to-end ratio, training ratio), second run over first."""
+    out.mkdir(parents=True)
+    took = [_timed(_plain_cmd(args, out / side, grid, common, sets), out / f"{side}.log")[0]
+            for side in ("a", "b")]
+    fit = [_fit_seconds(out / side) for side in ("a", "b")]
+    print(f"A/A: plain loop {took[0]:.1f} s then {took[1]:.1f} s: ratio {took[1] / took[0]:.3f} "
+          f"end to end, {fit[1] / fit[0]:.3f} training", flush=True)
+    return took[1] / took[0], fit[1] / fit[0]
+
+
 def _fit_seconds(trials: Path) -> float:
     """Training time of the cells under ``trials`` (each ``last.pt``'s own clock): the
     part of each side that is the same work, so a gap there is the machine's speed or the
@@ -175,6 +194,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1,
                     help="plain/runner pairs, alternating which goes first (median and pooled "
                          "ratios are printed; use an even number)")
+    ap.add_argument("--noise-pairs", type=int, default=0,
+                    help="then this many A/A pairs (the plain loop twice): the machine's own "
+                         "spread of a ratio, to read the pairs against")
     ap.add_argument("--budget", default="demo",
                     help="training budget of the cells: demo (the synthetic store's default, "
                          "epochs of ~0.3 s) or smoke (epochs of 4 steps, ~0.1 s: the worst "
@@ -219,6 +241,12 @@ def main() -> int:
             rest = (sum(r[3] for r in ratios) - fit_runner) / (sum(r[2] for r in ratios) - fit_plain)
             print(f"pooled training time runner / plain = {fit_runner / fit_plain:.3f}; pooled "
                   f"time outside training runner / plain = {rest:.3f}", flush=True)
+        noise = [_noise_pair(args, tmp / f"aa{r}", grid, common, sets)
+                 for r in range(args.noise_pairs)]
+        if noise:
+            ends = sorted(n[0] for n in noise)
+            print(f"A/A over {len(noise)} pairs: end-to-end ratios {ends[0]:.3f}-{ends[-1]:.3f} "
+                  "(what the machine alone does to a runner / plain ratio)", flush=True)
     if args.rss_grid:
         rss_cmd = [sys.executable, str(Path(__file__).resolve()), "--driver-rss", "--grid",
                    args.rss_grid, "--data", store, "--budget", "smoke", "--study-dir",
