@@ -86,10 +86,13 @@ def _copy_template(template: Path, path: Path, artifact_root: Path) -> bool:
             if len(version) != 1 or rows != 1:
                 raise sqlite3.DatabaseError("not an empty MLflow store")
         return True
-    except (OSError, sqlite3.Error):
+    except sqlite3.Error:
         path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             template.unlink()  # unusable: the next new study builds and caches it again
+        return False
+    except OSError:  # no room or no access here: the template itself may be fine
+        path.unlink(missing_ok=True)
         return False
 
 
