@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from study.ray_cluster import DASHBOARD_MODULES, _dashboard_defines
 from tests.processes import marked_processes, process_tree, ray_left_behind
 
 pytestmark = pytest.mark.slow
@@ -105,6 +106,9 @@ def test_local_ray_listens_on_loopback_only_and_ignores_ray_address():
         assert not exposed, f"listening beyond loopback: {exposed}"
         commands = [_command(pid) for pid in process_tree(proc.pid)]
         assert any("dashboard.py" in c for c in commands), commands  # we did see Ray's own
+        modules = {c.split("ray-dashboard-", 1)[1].split()[0].rsplit("-", 1)[0]
+                   for c in commands if "ray-dashboard-" in c}
+        assert "NodeHead" in modules and modules <= set(DASHBOARD_MODULES), modules
         monitors = [c for c in commands if "log_monitor.py" in c or "_private/monitor.py" in c]
         assert not monitors, f"Ray's monitors run in a local study: {monitors}"
     finally:
@@ -115,6 +119,11 @@ def test_local_ray_listens_on_loopback_only_and_ignores_ray_address():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_dashboard_modules_are_restricted_only_to_names_this_ray_defines():
+    assert _dashboard_defines(DASHBOARD_MODULES)
+    assert not _dashboard_defines((*DASHBOARD_MODULES, "NoSuchHead"))  # then all modules load
 
 
 def test_a_killed_driver_leaves_no_ray_process_behind():
