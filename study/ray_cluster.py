@@ -151,12 +151,13 @@ Both cost ~0.7 s of CPU each while Ray starts (measured: the study reached its t
 dashboard still shows the node and its resources."""
 
 
-DASHBOARD_MODULES = ("NodeHead", "ReportHead", "StateHead", "JobHead", "EventHead",
-                     "TaskEventsHead", "UsageStatsHead", "PlatformEventsHead")
+DASHBOARD_MODULES = ("NodeHead", "ReportHead", "StateHead", "JobHead", "EventHead")
 """Dashboard modules a local study loads: nodes, workers and their stacks, actors, tasks,
 logs, jobs and events. Left out are the pages of libraries a study does not use (Ray Data,
-Serve, Train) and the metrics page (no Prometheus here). Each module is a process of its
-own that woke ~20-40 times a second while trials trained, and cost ~0.1 s of CPU to start."""
+Serve, Train), the metrics page (no Prometheus here), usage stats (off) and the modules
+behind feature flags that are off by default (some Ray releases refuse to start a
+dashboard asked for a module its flag disables). Each module is a process of its own that
+woke ~20-40 times a second while trials trained."""
 
 
 @contextlib.contextmanager
