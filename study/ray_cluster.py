@@ -131,7 +131,7 @@ budgets). A cluster joined with ``--address`` keeps its own settings.
 The timers: the raylet woke every 100-250 ms for each (~28 wake-ups a second on its main
 thread). A wake-up on a core where a trial's OpenMP thread runs stalls the trial's other
 thread at the next barrier: measured here, a background process using 2.5 % of one core in
-100 short wake-ups a second slowed a 2-thread training step by 5-9 %. At 1 s the raylet
+100 short wake-ups a second slowed a 2-thread training step by 9 %. At 1 s the raylet
 used 0.2 % of a core instead of 0.5 % while a trial trained; the OOM check still runs every
 second."""
 
@@ -170,8 +170,8 @@ def _dashboard_modules(names: tuple[str, ...]) -> Iterator[None]:
     release renamed it) or Ray builds the command differently, all modules load as before."""
     from ray._private import ray_constants, services
 
-    original = services.start_ray_process
-    if not _dashboard_defines(names) or not callable(original):
+    original = getattr(services, "start_ray_process", None)
+    if original is None or not _dashboard_defines(names):
         yield
         return
 
