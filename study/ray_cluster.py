@@ -181,11 +181,8 @@ def _dashboard_modules(names: tuple[str, ...]) -> Iterator[None]:
             command = [*command, f"--modules-to-load={','.join(names)}"]
         return original(command, process_type, *args, **kwargs)
 
-    services.start_ray_process = start_ray_process
-    try:
+    with _replaced(services, "start_ray_process", start_ray_process):
         yield
-    finally:
-        services.start_ray_process = original
 
 
 def _dashboard_defines(names: tuple[str, ...]) -> bool:
@@ -222,11 +219,19 @@ def _without_idle_monitors() -> Iterator[None]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **{**kwargs, **SKIPPED_MONITORS})
 
-    parameter.RayParams = LocalStudyParams
+    with _replaced(parameter, "RayParams", LocalStudyParams):
+        yield
+
+
+@contextlib.contextmanager
+def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.name`` is ``value`` inside the block, and what it was again after it."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
     try:
         yield
     finally:
-        parameter.RayParams = original
+        setattr(owner, name, original)
 
 
 def _join(address: str, timeout: float, kwargs: dict[str, Any]) -> Any:
